@@ -1,0 +1,1 @@
+"""Everything that supervises agents: launchers, hooks, file guard, CLI, reports."""
