@@ -1,0 +1,82 @@
+"""What the three tools return. Compact on purpose: Claude Code hands `structuredContent` to the model verbatim."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["ok", "crash", "timeout", "invalid"]
+
+
+class RunExperimentResult(BaseModel):
+    id: int
+    status: Status
+    metric_name: str
+    metric: float | None = Field(description="The verified metric of this run (None when it failed).")
+    verified: bool = Field(description="False only in compatibility mode, where train.py printed the metric itself.")
+    best: float | None = Field(description="The best kept metric before this run (None before the baseline).")
+    delta: float | None = Field(description="metric - best; negative is better when the direction is minimize.")
+    would_keep: bool = Field(description="True when commit_or_revert will keep this change.")
+    decision: Literal["keep", "discard", "pending"]
+    duration_s: float
+    train_s: float | None = None
+    peak_memory_mb: float | None = None
+    failure: str | None = None
+    log_tail: str | None = Field(default=None, description="Last lines of the run's log, for failures only.")
+    next_step: str
+
+
+class ExperimentRow(BaseModel):
+    id: int
+    status: Status
+    metric: float | None
+    delta: float | None = Field(description="metric minus the best kept metric before this experiment.")
+    decision: Literal["keep", "discard", "pending"]
+    description: str
+    verified: bool = True
+
+
+class ExperimentDetail(BaseModel):
+    id: int
+    description: str
+    hypothesis: str | None
+    status: Status
+    failure: str | None
+    metrics: dict[str, float | str]
+    decision: Literal["keep", "discard", "pending"]
+    decision_reason: str | None
+    commit: str
+    parent: str
+    diff: str = Field(description="Unified diff of the mutable files against the commit the experiment started from.")
+    log_tail: str
+
+
+class Reference(BaseModel):
+    id: int
+    metric: float
+    commit: str
+
+
+class ReadResultsResult(BaseModel):
+    tag: str
+    metric_name: str
+    direction: Literal["minimize", "maximize"]
+    baseline: Reference | None
+    best: Reference | None
+    counts: dict[str, int] = Field(description="Experiments by status, plus kept/discarded/pending.")
+    pending_id: int | None
+    in_flight_id: int | None
+    violations: int
+    experiments: list[ExperimentRow]
+    detail: ExperimentDetail | None = None
+
+
+class DecisionResult(BaseModel):
+    experiment_id: int | None
+    decision: Literal["keep", "discard", "restored"]
+    reason: str
+    commit: str = Field(description="Commit now at the tip of the run branch (the best code).")
+    best: float | None
+    best_id: int | None
+    next_step: str

@@ -1,0 +1,193 @@
+"""A run: one tag, one branch `autoresearch/<tag>`, one folder `runs/<tag>/`, pins of the locked files.
+
+`init_run` creates all of it from the current commit; `load_run` reopens it (a restarted server continues the same tag).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from server.config import Config
+from server.gitrepo import GitRepo
+from server.integrity import Pin, materialize_pins, pin_files
+from server.jsonl import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CURRENT_FILE = "CURRENT"
+
+
+class RunError(RuntimeError):
+    """A run cannot be created or opened; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    tag: str
+    branch: str
+    base_commit: str
+    pins: tuple[Pin, ...]
+    profile: str
+    created_at: str
+    run_dir: Path
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tag": self.tag,
+            "branch": self.branch,
+            "base_commit": self.base_commit,
+            "pins": [pin.to_json() for pin in self.pins],
+            "profile": self.profile,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object], run_dir: Path) -> "RunInfo":
+        pins = tuple(Pin.from_json(p) for p in data["pins"])  # type: ignore[union-attr]
+        return cls(
+            tag=str(data["tag"]),
+            branch=str(data["branch"]),
+            base_commit=str(data["base_commit"]),
+            pins=pins,
+            profile=str(data.get("profile", "")),
+            created_at=str(data["created_at"]),
+            run_dir=run_dir,
+        )
+
+
+def validate_tag(tag: str) -> str:
+    if not TAG_PATTERN.match(tag):
+        raise RunError(
+            f"invalid tag {tag!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            "(for example 'nov23')"
+        )
+    return tag
+
+
+def default_tag() -> str:
+    return datetime.now().strftime("%b%d").lower()
+
+
+def run_dir_for(config: Config, tag: str) -> Path:
+    return config.runs_dir / validate_tag(tag)
+
+
+def _ensure_runs_ignored(config: Config) -> None:
+    """`runs/` must never be committed: add it to .git/info/exclude when the project does not ignore it already."""
+    rel = config.runs_dir.relative_to(config.workspace).as_posix() if config.runs_dir.is_relative_to(
+        config.workspace
+    ) else None
+    if rel is None:
+        return
+    probe = subprocess.run(
+        ["git", "check-ignore", "-q", f"{rel}/x"], cwd=config.workspace, capture_output=True, check=False
+    )
+    if probe.returncode == 0:
+        return
+    git_dir = subprocess.run(
+        ["git", "rev-parse", "--git-dir"], cwd=config.workspace, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    exclude = (config.workspace / git_dir / "info" / "exclude").resolve()
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    with exclude.open("a", encoding="utf-8") as fh:
+        fh.write(f"\n/{rel}/\n")
+    log.info("added /%s/ to %s so run files are never committed", rel, exclude)
+
+
+def init_run(config: Config, tag: str) -> RunInfo:
+    """Create branch `<prefix><tag>` at HEAD, pin the locked files, create `runs/<tag>/`."""
+    validate_tag(tag)
+    repo = GitRepo(config.workspace)
+    repo.ensure_identity()
+    branch = f"{config.branch_prefix}{tag}"
+    run_dir = run_dir_for(config, tag)
+    if repo.branch_exists(branch):
+        raise RunError(
+            f"branch {branch} already exists: choose another tag, or continue that run with "
+            f"`autoresearch run --tag {tag} --resume` (or `autoresearch serve --tag {tag}`)"
+        )
+    if (run_dir / "run.json").exists():
+        raise RunError(f"{run_dir} already holds a run: choose another tag or delete that folder")
+    _ensure_runs_ignored(config)
+    dirty = [p for p in repo.dirty_paths() if not _inside(config, p)]
+    if dirty:
+        shown = ", ".join(dirty[:8]) + (" ..." if len(dirty) > 8 else "")
+        raise RunError(
+            f"the working tree has uncommitted changes ({shown}): commit or stash them first, so the run starts "
+            "from a commit that holds exactly what will be measured"
+        )
+    base = repo.head_commit()
+    pins = pin_files(repo, config.locked, base)
+    repo.create_branch(branch, base)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "experiments").mkdir(exist_ok=True)
+    materialize_pins(repo, pins, run_dir / "pinned")
+    info = RunInfo(
+        tag=tag,
+        branch=branch,
+        base_commit=base,
+        pins=tuple(pins),
+        profile=config.profile,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run_dir=run_dir,
+    )
+    atomic_write_text(run_dir / "run.json", json.dumps(info.to_json(), indent=2) + "\n")
+    set_current(config, tag)
+    log.info("run %s created on branch %s at %s", tag, branch, base[:7])
+    return info
+
+
+def _inside(config: Config, rel_path: str) -> bool:
+    """Paths under the runs folder are the harness's own and never make the tree dirty."""
+    try:
+        runs_rel = config.runs_dir.relative_to(config.workspace).as_posix()
+    except ValueError:
+        return False
+    return rel_path == runs_rel or rel_path.startswith(runs_rel + "/")
+
+
+def set_current(config: Config, tag: str) -> None:
+    config.runs_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config.runs_dir / CURRENT_FILE, tag + "\n")
+
+
+def current_tag(config: Config) -> str | None:
+    path = config.runs_dir / CURRENT_FILE
+    if not path.exists():
+        return None
+    tag = path.read_text(encoding="utf-8").strip()
+    return tag or None
+
+
+def load_run(config: Config, tag: str | None = None) -> RunInfo:
+    """Open an existing run; `tag=None` means the most recently initialised or resumed one."""
+    if tag is None:
+        tag = current_tag(config)
+        if tag is None:
+            raise RunError(
+                f"no run exists in {config.runs_dir}: start one with `autoresearch init --tag TAG`"
+            )
+    run_dir = run_dir_for(config, tag)
+    meta = run_dir / "run.json"
+    if not meta.exists():
+        known = list_tags(config)
+        hint = f" Known tags: {', '.join(known)}." if known else ""
+        raise RunError(f"no run with tag {tag!r} ({meta} is missing): create it with `autoresearch init --tag {tag}`.{hint}")
+    info = RunInfo.from_json(json.loads(meta.read_text(encoding="utf-8")), run_dir)
+    pinned = run_dir / "pinned"
+    if not all((pinned / pin.path).exists() for pin in info.pins):
+        materialize_pins(GitRepo(config.workspace), info.pins, pinned)
+    return info
+
+
+def list_tags(config: Config) -> list[str]:
+    if not config.runs_dir.exists():
+        return []
+    return sorted(p.name for p in config.runs_dir.iterdir() if (p / "run.json").exists())

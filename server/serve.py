@@ -1,0 +1,74 @@
+"""Start the MCP server on stdio or streamable HTTP for one run of one workspace.
+
+SIGTERM and SIGINT cancel the server's tasks instead of killing the process outright, so an experiment in flight is
+killed and recorded before the process exits (Claude Code sends SIGINT then SIGTERM to its servers at session end).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+
+from server.app import build_server
+from server.config import Config, load_config
+from server.engine import Engine
+from server.runstate import load_run
+
+log = logging.getLogger(__name__)
+
+
+def open_engine(workspace: Path, tag: str | None = None, config_path: Path | None = None,
+                profile: str | None = None) -> Engine:
+    """Load the configuration and the run, and recover anything a previous server left in flight."""
+    config: Config = load_config(workspace, config_path, profile)
+    run = load_run(config, tag)
+    engine = Engine(config, run)
+    note = engine.recover()
+    if note:
+        log.warning("%s", note)
+    return engine
+
+
+def configure_logging(run_dir: Path | None, verbose: bool = False) -> None:
+    """Logs go to stderr and the run's server.log; stdout belongs to the MCP protocol on stdio."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "server.log", encoding="utf-8"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
+
+
+async def _until_signalled(run: "anyio.abc.TaskGroup") -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received signal %s: cancelling the server's work and exiting", signum)
+            run.cancel_scope.cancel()
+            return
+
+
+async def serve_stdio(engine: Engine) -> None:
+    server = build_server(engine)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_until_signalled, tg)
+        await server.run_stdio_async()
+        tg.cancel_scope.cancel()
+
+
+def main_serve(workspace: Path, tag: str | None, config_path: Path | None, profile: str | None,
+               http: bool = False, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+               verbose: bool = False) -> int:
+    engine = open_engine(workspace, tag, config_path, profile)
+    configure_logging(engine.run_dir, verbose)
+    log.info("serving run %s of %s (pid %d)", engine.run.tag, workspace, os.getpid())
+    if http:
+        from server.http import serve_http
+
+        return serve_http(engine, host=host, port=port, token=token)
+    anyio.run(serve_stdio, engine)
+    return 0
