@@ -1,0 +1,341 @@
+"""`autoresearch`: set up a run, serve the locked tools, run an agent, and read what happened."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from server.audit import AuditLog, filter_records, format_record
+from server.config import Config, ConfigError, load_config
+from server.engine import Engine
+from server.runstate import RunError, RunInfo, default_tag, init_run, load_run, set_current
+
+log = logging.getLogger("autoresearch")
+
+
+class CliError(RuntimeError):
+    """A problem the user can fix; printed without a traceback, exit code 2."""
+
+
+# ---- shared plumbing ----
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.workspace.resolve(), args.config, args.profile)
+
+
+def _open(args: argparse.Namespace) -> tuple[Config, RunInfo, Engine]:
+    config = _load(args)
+    run = load_run(config, getattr(args, "tag", None))
+    return config, run, Engine(config, run)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}"
+
+
+def _common(parser: argparse.ArgumentParser, tag: bool = True) -> None:
+    parser.add_argument("--workspace", type=Path, default=Path(os.environ.get("AUTORESEARCH_WORKSPACE", ".")),
+                        help="repository root (default: current directory)")
+    parser.add_argument("--config", type=Path, default=None, help="configuration file (default: pyproject.toml)")
+    parser.add_argument("--profile", default=None, help="configuration profile (default: auto: cuda, mps or cpu)")
+    if tag:
+        parser.add_argument("--tag", default=None, help="run tag (default: the most recent run)")
+
+
+# ---- commands ----
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create branch autoresearch/<tag>, pin the locked files and create runs/<tag>/."""
+    config = _load(args)
+    info = init_run(config, args.tag or default_tag())
+    pins = ", ".join(f"{p.path} {p.sha256[:12]}" for p in info.pins)
+    print(f"run {info.tag}: branch {info.branch} at {info.base_commit[:7]}; pinned {pins}")
+    print(f"profile {config.profile or '(none)'}: budget {config.time_budget_s:g} s, hard limit "
+          f"{config.hard_timeout_s:g} s; files in {info.run_dir}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the locked tools over stdio (default) or streamable HTTP."""
+    from server.serve import main_serve
+
+    return main_serve(args.workspace.resolve(), args.tag, args.config, args.profile, http=args.http, host=args.host,
+                      port=args.port, token=args.token, verbose=args.verbose)
+
+
+def status_lines(config: Config, run: RunInfo, engine: Engine) -> list[str]:
+    view = engine.read_results(last_n=5)
+    c = view.counts
+    lines = [f"run {run.tag} on {run.branch}  ({config.metric}, {config.direction})"]
+    best = f"{view.best.metric:.6f} (experiment {view.best.id})" if view.best else "-"
+    base = f"{view.baseline.metric:.6f}" if view.baseline else "-"
+    lines.append(f"baseline {base}   best {best}")
+    lines.append(f"experiments {c['total']}: ok {c['ok']}, crash {c['crash']}, timeout {c['timeout']}, invalid "
+                 f"{c['invalid']}; kept {c['kept']}, discarded {c['discarded']}, pending {c['pending']}")
+    current = engine.in_flight()
+    if current:
+        elapsed = time.time() - current.started_at
+        lines.append(f"in flight: experiment {current.id} '{current.description}' for {elapsed:.0f} s, hard limit in "
+                     f"{current.remaining_s:.0f} s")
+    else:
+        lines.append("in flight: none")
+    lines.append(f"violations {view.violations}")
+    supervisor = run.run_dir / "supervisor.json"
+    if supervisor.exists():
+        try:
+            data = json.loads(supervisor.read_text(encoding="utf-8"))
+            age = time.time() - float(data.get("updated_at", 0))
+            stale = f" (stale: last update {age:.0f} s ago; is the harness running?)" if age > 30 else ""
+            lines.append(f"supervisor {data.get('state')} session {str(data.get('session_id') or '-')[:8]} uptime "
+                         f"{float(data.get('uptime_s', 0)):.0f} s restarts {data.get('restarts', 0)} cost "
+                         f"${float(data.get('cost_usd', 0)):.2f}{stale}")
+        except (OSError, ValueError):
+            pass
+    return lines
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Best result, counts, the experiment in flight and its remaining budget."""
+    config, run, engine = _open(args)
+    if args.json:
+        view = engine.read_results(last_n=5).model_dump(mode="json")
+        current = engine.in_flight()
+        view["in_flight"] = None if current is None else {"id": current.id, "description": current.description,
+                                                          "remaining_s": round(current.remaining_s, 1)}
+        print(json.dumps(view, indent=2))
+        return 0
+    print("\n".join(status_lines(config, run, engine)))
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """The experiments of a run, one line each (the ledger, not the agent's view)."""
+    config, run, engine = _open(args)
+    view = engine.read_results(last_n=args.last)
+    if args.json:
+        print(view.model_dump_json(indent=2))
+        return 0
+    print(f"{'id':>4}  {'status':8} {config.metric:>10} {'delta':>10}  {'decision':8}  description")
+    for row in view.experiments:
+        delta = "-" if row.delta is None else f"{row.delta:+.6f}"
+        mark = "" if row.verified else " [unverified]"
+        print(f"{row.id:>4}  {row.status:8} {_fmt(row.metric):>10} {delta:>10}  {row.decision:8}  "
+              f"{row.description}{mark}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write progress.png and report.md for a run."""
+    from harness.report import write_report
+
+    config, run, engine = _open(args)
+    files = write_report(run.run_dir, run.tag, config.metric, config.direction, engine.ledger.experiments(),
+                         args.out)
+    print(f"wrote {files.markdown}" + (f" and {files.plot}" if files.plot else ""))
+    return 0
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"cannot read time {value!r}: use ISO-8601 such as 2026-11-23T08:00 or 2026-11-23T08:00Z")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Verify the audit chain, or show its records filtered."""
+    config = _load(args)
+    run = load_run(config, args.tag)
+    audit = AuditLog(run.run_dir / "audit.jsonl")
+    if args.audit_command == "verify":
+        verdict = audit.verify()
+        print(verdict.message)
+        return 0 if verdict.ok else 1
+    records = filter_records(audit.records(), tool=args.tool, status=args.status, actor=args.actor, event=args.event,
+                             session=args.session, since=_parse_time(args.since) if args.since else None,
+                             until=_parse_time(args.until) if args.until else None)
+    if args.last:
+        records = records[-args.last:]
+    for record in records:
+        print(json.dumps(record.to_json(), ensure_ascii=False) if args.json else format_record(record))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run an agent on the loop: random (offline), claude (Claude Code, headless) or api (built-in)."""
+    config = _load(args)
+    run = _init_or_resume(config, args)
+    if args.agent == "random":
+        return _run_random(config, run, args)
+    from harness.run_agent import run_supervised
+
+    return run_supervised(config, run, args)
+
+
+def _init_or_resume(config: Config, args: argparse.Namespace) -> RunInfo:
+    tag = args.tag or default_tag()
+    try:
+        run = load_run(config, tag)
+    except RunError:
+        if args.resume:
+            raise CliError(f"--resume given but there is no run {tag!r}: drop --resume to create it")
+        return init_run(config, tag)
+    if not args.resume:
+        raise CliError(f"run {tag!r} already exists: add --resume to continue it, or pick a new --tag")
+    set_current(config, tag)
+    return run
+
+
+def _run_random(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
+    from harness.agents.random_agent import RandomAgentOptions, Step, run_random_agent_sync
+
+    if args.max_experiments is None:
+        raise CliError("--agent random needs --max-experiments N (it runs exactly N experiments)")
+    started = time.monotonic()
+
+    def show(step: Step) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] experiment {step.experiment_id}: {step.status:7} "
+              f"{_fmt(step.metric)}  {step.decision:8}  {step.description}", flush=True)
+
+    options = RandomAgentOptions(workspace=config.workspace, tag=run.tag, max_experiments=args.max_experiments,
+                                 seed=args.seed, mutable_file=config.mutable[0],
+                                 extra_server_args=tuple(_server_flags(args)))
+    run_random_agent_sync(options, show)
+    return 0
+
+
+def _server_flags(args: argparse.Namespace) -> list[str]:
+    flags = []
+    if args.config:
+        flags += ["--config", str(args.config)]
+    if args.profile:
+        flags += ["--profile", args.profile]
+    return flags
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Prepare data, start a fresh run, let the random agent do a few experiments on the CPU, write the report."""
+    import subprocess
+
+    config = _load(args)
+    if "prepare.py" in config.locked:
+        subprocess.run([sys.executable, "prepare.py"], cwd=config.workspace, check=True)
+    tag = args.tag or f"demo-{datetime.now().strftime('%m%d-%H%M%S')}"
+    args.tag, args.resume = tag, False
+    run = _init_or_resume(config, args)
+    print(f"run {run.tag}: {args.max_experiments} experiments, budget {config.time_budget_s:g} s each "
+          f"(profile {config.profile or 'none'})", flush=True)
+    _run_random(config, run, args)
+    engine = Engine(config, run)
+    print("\n".join(status_lines(config, run, engine)))
+    args.out = None
+    return cmd_report(args)
+
+
+# ---- parser ----
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoresearch", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], tag: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=(handler.__doc__ or "").strip().splitlines()[0],
+                           description=(handler.__doc__ or "").strip())
+        _common(p, tag)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("init", cmd_init)
+    p = add("serve", cmd_serve)
+    p.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
+    p.add_argument("--token", default=os.environ.get("AUTORESEARCH_TOKEN"), help="bearer token for HTTP")
+    p = add("status", cmd_status)
+    p.add_argument("--json", action="store_true")
+    p = add("results", cmd_results)
+    p.add_argument("--last", type=int, default=200, help="how many experiments (default 200)")
+    p.add_argument("--json", action="store_true")
+    p = add("report", cmd_report)
+    p.add_argument("--out", type=Path, default=None, help="folder for report.md and progress.png (default: the run)")
+    p = add("audit", cmd_audit)
+    audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="verify|show")
+    audit_sub.add_parser("verify", help="check the hash chain; names the first altered, removed or reordered record")
+    show = audit_sub.add_parser("show", help="print audit records, filtered")
+    show.add_argument("--tool", help="tool name or glob, e.g. 'run_*' or 'Edit'")
+    show.add_argument("--status", help="ok, error, refused, blocked, cancelled, ...")
+    show.add_argument("--actor", help="server, hook, supervisor, guard, ...")
+    show.add_argument("--event", help="tool_call, violation, state, ...")
+    show.add_argument("--session", help="session id (prefix)")
+    show.add_argument("--since", help="ISO-8601 time")
+    show.add_argument("--until", help="ISO-8601 time")
+    show.add_argument("--last", type=int, default=None, help="only the last N matching records")
+    show.add_argument("--json", action="store_true", help="raw JSON lines")
+    for name, handler in (("run", cmd_run), ("demo", cmd_demo)):
+        p = add(name, handler)
+        if name == "run":
+            p.add_argument("--agent", choices=("random", "claude", "api"), required=True)
+            p.add_argument("--resume", action="store_true", help="continue an existing tag")
+            p.add_argument("--hours", type=float, default=None, help="stop after this many hours")
+            p.add_argument("--max-cost-usd", type=float, default=None, help="stop when the agent has cost this much")
+            p.add_argument("--model", default=None, help="model name passed to the agent")
+            p.add_argument("--stall-timeout", type=float, default=600.0,
+                           help="seconds of agent silence (no experiment in flight) before a restart (default 600)")
+            p.add_argument("--max-turns", type=int, default=None, help="turns per agent session before it is resumed")
+            p.add_argument("--no-guard", action="store_true", help="do not run the file guard (not recommended)")
+            p.add_argument("--allow-bash", action="store_true",
+                           help="let the agent use shell commands (writes to locked files are still blocked)")
+        p.add_argument("--max-experiments", type=int, default=6 if name == "demo" else None,
+                       help="stop after this many experiments" + (" (default 6)" if name == "demo" else ""))
+        p.add_argument("--seed", type=int, default=0, help="random agent seed (default 0)")
+    from harness.mcp_config import add_mcp_config_parser
+
+    add_mcp_config_parser(sub)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> None:
+    for name in ("max_experiments", "last", "max_turns"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("hours", "max_cost_usd", "stall_timeout"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise CliError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    port = getattr(args, "port", None)
+    if port is not None and not 0 <= port <= 65535:
+        raise CliError(f"--port must be 0-65535, got {port}")
+    workspace = getattr(args, "workspace", None)
+    if workspace is not None and not workspace.is_dir():
+        raise CliError(f"--workspace {workspace} is not a directory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+                            format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _validate(args)
+        return int(args.handler(args) or 0)
+    except (CliError, ConfigError, RunError) as exc:
+        print(f"autoresearch: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autoresearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
