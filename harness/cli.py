@@ -17,6 +17,8 @@ from server.config import Config, ConfigError, load_config
 from server.engine import Engine
 from server.runstate import RunError, RunInfo, default_tag, init_run, load_run, set_current
 
+from harness.run_agent import HarnessError
+
 log = logging.getLogger("autoresearch")
 
 
@@ -207,7 +209,7 @@ def _run_random(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
 
     options = RandomAgentOptions(workspace=config.workspace, tag=run.tag, max_experiments=args.max_experiments,
                                  seed=args.seed, mutable_file=config.mutable[0],
-                                 extra_server_args=tuple(_server_flags(args)))
+                                 extra_server_args=tuple(_server_flags(args)), log_dir=run.run_dir / "agent")
     run_random_agent_sync(options, show)
     return 0
 
@@ -247,10 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int], tag: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, handler: Callable[[argparse.Namespace], int], tag: bool = True,
+            common: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=(handler.__doc__ or "").strip().splitlines()[0],
                            description=(handler.__doc__ or "").strip())
-        _common(p, tag)
+        if common:
+            _common(p, tag)
         p.set_defaults(handler=handler)
         return p
 
@@ -267,10 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("report", cmd_report)
     p.add_argument("--out", type=Path, default=None, help="folder for report.md and progress.png (default: the run)")
-    p = add("audit", cmd_audit)
+    p = add("audit", cmd_audit, common=False)
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="verify|show")
-    audit_sub.add_parser("verify", help="check the hash chain; names the first altered, removed or reordered record")
+    verify = audit_sub.add_parser("verify", help="check the hash chain; names the first altered, removed or reordered "
+                                                 "record (exit 1 when it is broken)")
+    _common(verify)
     show = audit_sub.add_parser("show", help="print audit records, filtered")
+    _common(show)
     show.add_argument("--tool", help="tool name or glob, e.g. 'run_*' or 'Edit'")
     show.add_argument("--status", help="ok, error, refused, blocked, cancelled, ...")
     show.add_argument("--actor", help="server, hook, supervisor, guard, ...")
@@ -329,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _validate(args)
         return int(args.handler(args) or 0)
-    except (CliError, ConfigError, RunError) as exc:
+    except (CliError, ConfigError, RunError, HarnessError) as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

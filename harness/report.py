@@ -104,6 +104,9 @@ def render_plot(path: Path, tag: str, metric: str, direction: str, experiments: 
         top = max(values) if direction == "minimize" else min(values)
         ax.scatter([e.id for e in failed], [top] * len(failed), marker="x", c="#c62828", s=40,
                    label="crash / timeout / invalid", zorder=3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("experiment")
     ax.set_ylabel(f"{metric} ({'lower' if direction == 'minimize' else 'higher'} is better)")
     ax.set_title(f"autoresearch run {tag}: {len(experiments)} experiments, {len(kept)} kept")

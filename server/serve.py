@@ -36,10 +36,12 @@ def open_engine(workspace: Path, tag: str | None = None, config_path: Path | Non
 
 def configure_logging(run_dir: Path | None, verbose: bool = False) -> None:
     """Logs go to stderr and the run's server.log; stdout belongs to the MCP protocol on stdio."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.WARNING)  # the agent's terminal: problems only
+    handlers: list[logging.Handler] = [console]
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "server.log", encoding="utf-8"))
+        handlers.append(logging.FileHandler(run_dir / "server.log", encoding="utf-8"))  # the full story
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import anyio
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from harness.hyperparams import Hyperparameter, find_hyperparameters, format_value, set_hyperparameter
 
@@ -36,6 +36,7 @@ class RandomAgentOptions:
     mutable_file: str = "train.py"
     python: str = sys.executable
     extra_server_args: tuple[str, ...] = ()
+    log_dir: Path | None = None  # where the server's stderr goes (default: runs/<tag>/agent)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,17 @@ async def run_random_agent(options: RandomAgentOptions, on_step: Callable[[Step]
     )
     steps: list[Step] = []
     target = options.workspace / options.mutable_file
-    async with Client(params, read_timeout_seconds=None) as client:
+    # The server's stderr goes to a file beside its log: the terminal shows the agent's progress, not the server's.
+    errlog_path = (options.log_dir or options.workspace / "runs" / options.tag / "agent") / "random-server.stderr.log"
+    errlog_path.parent.mkdir(parents=True, exist_ok=True)
+    with errlog_path.open("a", encoding="utf-8") as errlog:
+        return await _loop(Client(stdio_client(params, errlog=errlog), read_timeout_seconds=None), options, rng,
+                           target, steps, on_step)
+
+
+async def _loop(connection: Client, options: RandomAgentOptions, rng: random.Random, target: Path, steps: list[Step],
+                on_step: Callable[[Step], None] | None) -> list[Step]:
+    async with connection as client:
         state = _structured(await client.call_tool("read_results", {"last_n": 5}))
         if state.get("pending_id"):
             await client.call_tool("commit_or_revert", {"prefer": "revert"})

@@ -1,0 +1,334 @@
+"""`autoresearch run --agent claude|api`: the supervisor wired to a real agent, the file guard, the audit chain.
+
+The agent runs as a process group of its own (Claude Code with its stdio MCP server child, or the built-in API agent),
+so a stall or a stop can take the whole group down. The harness itself keeps no state that the files do not: killed
+with kill -9 and started again with --resume, it kills what the previous harness left running (found by a marker in
+the environment) and carries on from the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.procs import LineAgentProcess, spawn_group
+from harness.supervisor import Launch, Limits, Policy, State, Supervisor, SupervisorEvent
+from server.audit import AuditLog
+from server.config import Config
+from server.engine import Engine
+from server.jsonl import atomic_write_text
+from server.runstate import RunInfo
+
+log = logging.getLogger(__name__)
+
+AGENT_MARK_VAR = "AUTORESEARCH_AGENT_MARK"
+START_PROMPT = (
+    "You are running the autoresearch loop unattended; the instructions are in program.md (also in your system "
+    "prompt). Start now: call read_results, then continue the loop (baseline first if there is none). Never stop."
+)
+
+
+class HarnessError(RuntimeError):
+    """The run cannot start; the message says what to fix."""
+
+
+# ---- what the supervisor sees of the run ----
+
+@dataclass
+class RunLoopView:
+    config: Config
+    run: RunInfo
+    engine: Engine
+
+    def inflight_deadline(self) -> float | None:
+        current = self.engine.in_flight()
+        return current.deadline if current else None
+
+    def experiments_started(self) -> int:
+        return len(self.engine.ledger.experiments()) + (1 if self.engine.in_flight() else 0)
+
+    def stop_requested(self) -> bool:
+        return (self.run.run_dir / "stop").exists()
+
+    def handoff_prompt(self) -> str:
+        from harness.loop_state import read_loop_state
+
+        return read_loop_state(self.config, self.run).handoff()
+
+    def start_prompt(self) -> str:
+        if not self.engine.ledger.experiments():
+            return START_PROMPT
+        from harness.loop_state import read_loop_state
+
+        return START_PROMPT + "\n\nWhere the loop stands:\n" + read_loop_state(self.config, self.run).brief()
+
+    def violations(self) -> int:
+        return self.engine.violations_count()
+
+
+# ---- spawners ----
+
+def find_claude(workspace: Path) -> Path:
+    candidates = [os.environ.get("AUTORESEARCH_CLAUDE_BIN"), shutil.which("claude"),
+                  str(workspace / ".tools" / "claude-code" / "node_modules" / ".bin" / "claude")]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    raise HarnessError("the Claude Code CLI was not found: install it (`npm install -g @anthropic-ai/claude-code`, or "
+                       "`bash scripts/install_claude_code.sh` for the pinned version) or set AUTORESEARCH_CLAUDE_BIN")
+
+
+def write_mcp_config(config: Config, run: RunInfo, python: str = sys.executable) -> Path:
+    """The server as the agent sees it: stdio, this interpreter, this workspace and tag, a timeout above the limits."""
+    timeout_ms = int((config.hard_timeout_s + config.evaluate.timeout_s + 120) * 1000)
+    body = {"mcpServers": {"autoresearch": {
+        "type": "stdio", "command": python,
+        "args": ["-m", "server", "serve", "--workspace", str(config.workspace), "--tag", run.tag],
+        "env": {"AUTORESEARCH_WORKSPACE": str(config.workspace)},
+        "timeout": timeout_ms, "alwaysLoad": True,
+    }}}
+    path = run.run_dir / "agent" / "mcp.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n")
+    return path
+
+
+class ClaudeSpawner:
+    """Starts `claude -p` headless with stream-json output, an explicit tool allow-list and the run's MCP config."""
+
+    def __init__(self, config: Config, run: RunInfo, args: Namespace, mark: str) -> None:
+        from harness.claude_launcher import ClaudeLaunchSpec
+
+        self.config, self.run, self.mark = config, run, mark
+        self.allow_bash = bool(getattr(args, "allow_bash", False))
+        mcp = write_mcp_config(config, run)
+        tools = ["mcp__autoresearch__run_experiment", "mcp__autoresearch__read_results",
+                 "mcp__autoresearch__commit_or_revert", "Read", "Glob", "Grep", "Edit", "MultiEdit", "Write"]
+        disallowed = ["WebFetch", "WebSearch", "NotebookEdit", "Task"]
+        if self.allow_bash:
+            tools.append("Bash")
+        else:
+            disallowed.append("Bash")
+        program = (config.workspace / "program.md")
+        self.spec = ClaudeLaunchSpec(
+            claude_bin=find_claude(config.workspace), workspace=config.workspace, mcp_config=mcp,
+            settings=config.workspace / ".claude" / "settings.json" if (config.workspace / ".claude" /
+                                                                      "settings.json").exists() else None,
+            allowed_tools=tools, disallowed_tools=disallowed, model=getattr(args, "model", None),
+            max_turns=getattr(args, "max_turns", None),
+            append_system_prompt=program.read_text(encoding="utf-8") if program.exists() else None,
+            mcp_tool_timeout_ms=int((config.hard_timeout_s + config.evaluate.timeout_s + 120) * 1000),
+        )
+
+    def spawn(self, launch: Launch) -> LineAgentProcess:
+        from harness.claude_launcher import SessionLaunch, build_argv, build_env
+        from harness.claude_stream import parse_line
+
+        session = SessionLaunch(mode=launch.mode, prompt=launch.prompt, session_id=launch.session_id)
+        env = build_env(self.spec)
+        env.update({"AUTORESEARCH_SESSION_ID": str(session.session_id), "AUTORESEARCH_TAG": self.run.tag,
+                    "AUTORESEARCH_WORKSPACE": str(self.config.workspace), AGENT_MARK_VAR: self.mark})
+        if self.allow_bash:
+            env["AUTORESEARCH_ALLOW_BASH"] = "1"
+        log_dir = self.run.run_dir / "agent"
+        group = spawn_group(build_argv(self.spec, session), cwd=self.config.workspace, env=env,
+                            stdout_log=log_dir / f"{session.session_id}.jsonl",
+                            stderr_log=log_dir / f"{session.session_id}.stderr.log")
+        return LineAgentProcess(group, parse_line)
+
+
+class ApiAgentSpawner:
+    """Starts the built-in API agent (`python -m harness.agents.api_agent`) as its own process group."""
+
+    def __init__(self, config: Config, run: RunInfo, args: Namespace, mark: str) -> None:
+        self.config, self.run, self.mark, self.args = config, run, mark, args
+
+    def spawn(self, launch: Launch) -> LineAgentProcess:
+        from harness.agents.api_events import parse_api_line
+
+        session_id = launch.session_id or str(uuid.uuid4())
+        log_dir = self.run.run_dir / "agent"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        prompt_file = log_dir / f"{session_id}.prompt.txt"
+        prompt_file.write_text(launch.prompt, encoding="utf-8")
+        argv = [sys.executable, "-m", "harness.agents.api_agent", "--workspace", str(self.config.workspace),
+                "--tag", self.run.tag, "--mode", launch.mode, "--session-id", session_id,
+                "--prompt-file", str(prompt_file)]
+        if getattr(self.args, "model", None):
+            argv += ["--model", self.args.model]
+        if getattr(self.args, "max_turns", None):
+            argv += ["--max-turns", str(self.args.max_turns)]
+        env = dict(os.environ)
+        env.update({"AUTORESEARCH_SESSION_ID": session_id, "AUTORESEARCH_TAG": self.run.tag, AGENT_MARK_VAR: self.mark})
+        group = spawn_group(argv, cwd=self.config.workspace, env=env, stdout_log=log_dir / f"{session_id}.jsonl",
+                            stderr_log=log_dir / f"{session_id}.stderr.log")
+        return LineAgentProcess(group, parse_api_line)
+
+
+# ---- leftovers of a harness killed with kill -9 ----
+
+def kill_marked_agents(mark: str) -> int:
+    """Kill every process whose environment carries our agent marker (pids are never trusted alone)."""
+    needle = f"{AGENT_MARK_VAR}={mark}".encode()
+    killed = 0
+    for entry in Path("/proc").iterdir() if Path("/proc").exists() else []:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+    return killed
+
+
+# ---- the run ----
+
+class StatusWriter:
+    """`supervisor.json` for `autoresearch status` and the hooks, plus a live line on the terminal."""
+
+    def __init__(self, run: RunInfo, engine: Engine, config: Config, mark: str, live: bool) -> None:
+        self.path = run.run_dir / "supervisor.json"
+        self.engine, self.config, self.mark, self.live = engine, config, mark, live
+        self._last_line = 0.0
+
+    def write(self, sup: Supervisor) -> None:
+        status = sup.snapshot().to_dict()
+        status.update({"updated_at": time.time(), "agent_mark": self.mark, "harness_pid": os.getpid()})
+        atomic_write_text(self.path, json.dumps(status, indent=2) + "\n")
+        now = time.monotonic()
+        if self.live and now - self._last_line >= (1.0 if sys.stderr.isatty() else 60.0):
+            self._last_line = now
+            self._print(status)
+
+    def _print(self, s: dict[str, object]) -> None:
+        view = self.engine.read_results(last_n=1)
+        best = f"{view.best.metric:.6f}" if view.best else "-"
+        current = self.engine.in_flight()
+        flight = f"exp {current.id} {current.remaining_s:.0f}s left" if current else "idle"
+        line = (f"[{s['state']}] session {str(s['session_id'] or '-')[:8]} up {float(s['uptime_s']):.0f}s "  # type: ignore[arg-type]
+                f"restarts {s['restarts']} | experiments {view.counts['total']} best {best} | {flight} | "
+                f"violations {s['violations']} | ${float(s['cost_usd']):.2f}")  # type: ignore[arg-type]
+        if sys.stderr.isatty():
+            print("\r" + line[:160].ljust(160), end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _audit_sink(audit: AuditLog):
+    def sink(event: SupervisorEvent) -> None:
+        status = "error" if event.name.value in ("fatal", "stall") else "ok"
+        audit.append("supervisor", event.name.value, session=event.session_id, status=status,
+                     summary={"message": event.message[:500], "state": event.state.value,
+                              **{k: v for k, v in event.details.items() if k != "prompt"}})
+    return sink
+
+
+def run_supervised(config: Config, run: RunInfo, args: Namespace) -> int:
+    engine = Engine(config, run)
+    engine.recover()
+    previous = run.run_dir / "supervisor.json"
+    if previous.exists():
+        try:
+            old_mark = json.loads(previous.read_text(encoding="utf-8")).get("agent_mark")
+        except (OSError, ValueError):
+            old_mark = None
+        if old_mark and kill_marked_agents(old_mark):
+            log.warning("killed the agent processes a previous harness left running")
+            engine.recover()
+    (run.run_dir / "stop").unlink(missing_ok=True)
+    mark = uuid.uuid4().hex
+    deadline = time.time() + args.hours * 3600 if args.hours else None
+    limits = Limits(deadline=deadline, max_experiments=_remaining_experiments(engine, args.max_experiments),
+                    max_cost_usd=args.max_cost_usd)
+    atomic_write_text(run.run_dir / "limits.json", json.dumps({
+        "deadline": deadline, "max_experiments": limits.max_experiments, "max_cost_usd": args.max_cost_usd}) + "\n")
+    spawner = ClaudeSpawner(config, run, args, mark) if args.agent == "claude" else ApiAgentSpawner(config, run, args,
+                                                                                                       mark)
+    audit = AuditLog(run.run_dir / "audit.jsonl")
+    policy = Policy(stall_timeout_s=args.stall_timeout,
+                    **_policy_overrides())
+    sup = Supervisor(spawner, RunLoopView(config, run, engine), policy, limits, on_event=_audit_sink(audit),
+                     log_hint=str(run.run_dir / "agent"))
+    status = StatusWriter(run, engine, config, mark, live=True)
+    wake = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        sup.request_stop(f"received {signal.Signals(signum).name}")
+        wake.set()
+
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    guard = None
+    if not getattr(args, "no_guard", False):
+        from harness.guard import FileGuard
+
+        guard = FileGuard(config, run, audit=audit)
+        guard.start()
+    audit.append("supervisor", "run_start", status="ok", summary={
+        "agent": args.agent, "tag": run.tag, "hours": args.hours, "max_experiments": args.max_experiments,
+        "max_cost_usd": args.max_cost_usd, "pid": os.getpid()})
+    try:
+        while True:
+            state = sup.tick()
+            status.write(sup)
+            if state in (State.STOPPED, State.FATAL):
+                break
+            wake.wait(0.5)
+            wake.clear()
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        if guard is not None:
+            guard.stop()
+        engine.recover()  # an experiment the agent's server could not record (killed hard) is recorded now
+    snap = sup.snapshot()
+    audit.append("supervisor", "run_end", status="ok" if snap.state is State.STOPPED else "error",
+                 summary={"state": snap.state.value, "reason": snap.stop_reason or snap.fatal_message,
+                          "restarts": snap.restarts, "cost_usd": snap.cost_usd})
+    print("", file=sys.stderr)
+    if snap.state is State.FATAL:
+        print(f"autoresearch: FATAL: {snap.fatal_message}", file=sys.stderr)
+        return 1
+    print(f"autoresearch: stopped: {snap.stop_reason}", file=sys.stderr)
+    return 0
+
+
+def _remaining_experiments(engine: Engine, requested: int | None) -> int | None:
+    """--max-experiments counts experiments of this invocation; the supervisor counts the run's total."""
+    if requested is None:
+        return None
+    return len(engine.ledger.experiments()) + requested
+
+
+def _policy_overrides() -> dict[str, float]:
+    """Timing knobs from the environment, for compressed tests and soaks (AUTORESEARCH_POLICY_<FIELD>=seconds)."""
+    out: dict[str, float] = {}
+    for name in ("inflight_grace_s", "backoff_base_s", "backoff_cap_s", "startsecs", "stop_grace_s"):
+        value = os.environ.get(f"AUTORESEARCH_POLICY_{name.upper()}")
+        if value is not None:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise HarnessError(f"AUTORESEARCH_POLICY_{name.upper()}={value!r} is not a number of seconds")
+    for name in ("crash_loop_deaths", "max_resumes"):
+        value = os.environ.get(f"AUTORESEARCH_POLICY_{name.upper()}")
+        if value is not None:
+            if not value.isdigit():
+                raise HarnessError(f"AUTORESEARCH_POLICY_{name.upper()}={value!r} is not a positive integer")
+            out[name] = int(value)  # type: ignore[assignment]
+    return out
