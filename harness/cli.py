@@ -171,6 +171,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Ask a running loop to stop after the experiment in flight (the agent is told at its next stop attempt)."""
+    config = _load(args)
+    run = load_run(config, args.tag)
+    flag = run.run_dir / "stop"
+    if args.cancel:
+        flag.unlink(missing_ok=True)
+        print(f"stop request for run {run.tag} withdrawn")
+        return 0
+    flag.write_text(datetime.now(timezone.utc).isoformat() + "\n", encoding="utf-8")
+    AuditLog(run.run_dir / "audit.jsonl").append("cli", "stop_requested", status="ok", summary={"file": str(flag)})
+    print(f"stop requested for run {run.tag}: the supervisor stops the agent once the experiment in flight is done")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run an agent on the loop: random (offline), claude (Claude Code, headless) or api (built-in)."""
     config = _load(args)
@@ -304,8 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-experiments", type=int, default=6 if name == "demo" else None,
                        help="stop after this many experiments" + (" (default 6)" if name == "demo" else ""))
         p.add_argument("--seed", type=int, default=0, help="random agent seed (default 0)")
+    p = add("stop", cmd_stop)
+    p.add_argument("--cancel", action="store_true", help="withdraw a stop request that has not been acted on yet")
+    from harness.guard import add_guard_parser
     from harness.mcp_config import add_mcp_config_parser
 
+    add_guard_parser(sub)
     add_mcp_config_parser(sub)
     return parser
 

@@ -18,9 +18,9 @@ import threading
 import time
 import uuid
 from argparse import Namespace
-from dataclasses import dataclass
 from pathlib import Path
 
+from harness.loop_state import RunLoopView
 from harness.procs import LineAgentProcess, spawn_group
 from harness.supervisor import Launch, Limits, Policy, State, Supervisor, SupervisorEvent
 from server.audit import AuditLog
@@ -32,48 +32,10 @@ from server.runstate import RunInfo
 log = logging.getLogger(__name__)
 
 AGENT_MARK_VAR = "AUTORESEARCH_AGENT_MARK"
-START_PROMPT = (
-    "You are running the autoresearch loop unattended; the instructions are in program.md (also in your system "
-    "prompt). Start now: call read_results, then continue the loop (baseline first if there is none). Never stop."
-)
 
 
 class HarnessError(RuntimeError):
     """The run cannot start; the message says what to fix."""
-
-
-# ---- what the supervisor sees of the run ----
-
-@dataclass
-class RunLoopView:
-    config: Config
-    run: RunInfo
-    engine: Engine
-
-    def inflight_deadline(self) -> float | None:
-        current = self.engine.in_flight()
-        return current.deadline if current else None
-
-    def experiments_started(self) -> int:
-        return len(self.engine.ledger.experiments()) + (1 if self.engine.in_flight() else 0)
-
-    def stop_requested(self) -> bool:
-        return (self.run.run_dir / "stop").exists()
-
-    def handoff_prompt(self) -> str:
-        from harness.loop_state import read_loop_state
-
-        return read_loop_state(self.config, self.run).handoff()
-
-    def start_prompt(self) -> str:
-        if not self.engine.ledger.experiments():
-            return START_PROMPT
-        from harness.loop_state import read_loop_state
-
-        return START_PROMPT + "\n\nWhere the loop stands:\n" + read_loop_state(self.config, self.run).brief()
-
-    def violations(self) -> int:
-        return self.engine.violations_count()
 
 
 # ---- spawners ----
@@ -263,7 +225,7 @@ def run_supervised(config: Config, run: RunInfo, args: Namespace) -> int:
     audit = AuditLog(run.run_dir / "audit.jsonl")
     policy = Policy(stall_timeout_s=args.stall_timeout,
                     **_policy_overrides())
-    sup = Supervisor(spawner, RunLoopView(config, run, engine), policy, limits, on_event=_audit_sink(audit),
+    sup = Supervisor(spawner, RunLoopView(config, run), policy, limits, on_event=_audit_sink(audit),
                      log_hint=str(run.run_dir / "agent"))
     status = StatusWriter(run, engine, config, mark, live=True)
     wake = threading.Event()

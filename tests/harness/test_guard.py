@@ -1,0 +1,177 @@
+"""The file guard restores a locked file however it is changed, records each violation, and stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.guard import FileGuard
+from server.audit import AuditLog
+from server.config import Config, load_config
+from server.jsonl import read_records
+from server.runstate import RunInfo, init_run
+
+WAIT_S = 10.0
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
+    """Poll ``condition`` until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture
+def setup(workspace: Path) -> tuple[Config, RunInfo, bytes]:
+    config = load_config(workspace)
+    run = init_run(config, "t1")
+    return config, run, (workspace / "prepare.py").read_bytes()
+
+
+@pytest.fixture
+def guarded(setup: tuple[Config, RunInfo, bytes]) -> Iterator[tuple[FileGuard, threading.Event, Path, bytes]]:
+    config, run, original = setup
+    seen = threading.Event()
+    # a long interval: these tests must pass on file events alone, not on the periodic safety net
+    with FileGuard(config, run, on_violation=lambda record: seen.set(), interval_s=3600) as guard:
+        yield guard, seen, config.workspace, original
+
+
+def flush_events(guard: FileGuard, workspace: Path) -> None:
+    """Create a marker in the watched folder and wait until the guard saw it: every earlier event is handled."""
+    marker = workspace / f"marker-{time.monotonic_ns()}"
+    marker.touch()
+    assert wait_for(lambda: guard.last_event_path == str(marker))
+    marker.unlink()
+
+
+def tamper_write(path: Path) -> None:
+    path.write_text("SCORE = 0  # cheat\n")
+
+
+def tamper_truncate(path: Path) -> None:
+    os.truncate(path, 0)
+
+
+def tamper_delete(path: Path) -> None:
+    path.unlink()
+
+
+def tamper_rename(path: Path) -> None:
+    path.rename(path.with_name("moved.py"))
+
+
+def tamper_symlink(path: Path) -> None:
+    fake = path.with_name("fake.py")
+    fake.write_text("def evaluate(p):\n    print('score: 0')\n")
+    link = path.with_name("link.tmp")
+    link.symlink_to(fake)
+    os.replace(link, path)
+
+
+def tamper_move_onto(path: Path) -> None:
+    other = path.with_name("other.py")
+    other.write_text("# replaced\n")
+    os.replace(other, path)
+
+
+@pytest.mark.parametrize("tamper", [tamper_write, tamper_truncate, tamper_delete, tamper_rename, tamper_symlink,
+                                    tamper_move_onto])
+def test_a_locked_file_changed_in_any_way_is_restored_byte_identical_and_recorded(
+        guarded: tuple[FileGuard, threading.Event, Path, bytes], tamper: Callable[[Path], None]) -> None:
+    guard, seen, workspace, original = guarded
+    target = workspace / "prepare.py"
+    tamper(target)
+    assert seen.wait(WAIT_S), "the guard did not react"
+    assert wait_for(lambda: not target.is_symlink() and target.is_file() and target.read_bytes() == original)
+    flush_events(guard, workspace)
+    assert target.read_bytes() == original and not target.is_symlink()
+    violations = read_records(guard.run.run_dir / "violations.jsonl")
+    assert len(violations) == 1  # its own restore did not set off another
+    record = violations[0]
+    assert (record["source"], record["path"], record["experiment_id"], record["restored"]) == \
+        ("guard", "prepare.py", None, True)
+    assert "restored it from the pinned copy" in record["detail"]
+    audit = AuditLog(guard.run.run_dir / "audit.jsonl")
+    last = audit.records()[-1]
+    assert (last.actor, last.event, last.status) == ("guard", "violation", "blocked")
+    assert audit.verify().ok
+
+
+def test_a_change_during_an_experiment_names_that_experiment(
+        guarded: tuple[FileGuard, threading.Event, Path, bytes]) -> None:
+    guard, seen, workspace, original = guarded
+    (guard.run.run_dir / "inflight.json").write_text(json.dumps({"id": 7, "description": "x", "started_at": 0,
+                                                                 "deadline": 1}))
+    (workspace / "prepare.py").write_text("tampered\n")
+    assert seen.wait(WAIT_S)
+    record = read_records(guard.run.run_dir / "violations.jsonl")[0]
+    assert record["experiment_id"] == 7 and record["when"] == "during experiment 7"
+
+
+def test_a_damaged_pinned_copy_falls_back_to_the_git_blob(setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, original = setup
+    pinned = run.run_dir / "pinned" / "prepare.py"
+    pinned.chmod(0o644)
+    pinned.write_text("damaged\n")
+    (config.workspace / "prepare.py").write_text("tampered\n")
+    guard = FileGuard(config, run)
+    found = guard.check_all("test")  # the periodic safety net, called directly
+    assert len(found) == 1 and f"commit {run.pins[0].commit[:7]}" in found[0]["detail"]
+    assert (config.workspace / "prepare.py").read_bytes() == original
+    assert guard.check_all("test") == []
+
+
+def test_a_change_made_while_no_guard_ran_is_repaired_when_it_starts(setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, original = setup
+    (config.workspace / "prepare.py").unlink()
+    with FileGuard(config, run, interval_s=3600) as guard:
+        assert (config.workspace / "prepare.py").read_bytes() == original
+        assert len(guard.violations) == 1 and "guard start" in guard.violations[0]["detail"]
+
+
+def test_the_guard_stops_cleanly_and_leaves_no_threads(setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, _ = setup
+    before = set(threading.enumerate())
+    guard = FileGuard(config, run, interval_s=0.05)
+    guard.start()
+    assert guard.running
+    guard.stop()
+    assert not guard.running
+    assert wait_for(lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()])
+    with pytest.raises(ValueError, match="interval_s"):
+        FileGuard(config, run, interval_s=0)
+
+
+def test_the_guard_command_repairs_until_terminated(setup: tuple[Config, RunInfo, bytes]) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    config, run, original = setup
+    repo = Path(__file__).resolve().parents[2]
+    script = ("import argparse, sys; from harness.guard import add_guard_parser; p = argparse.ArgumentParser(); "
+              "add_guard_parser(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))")
+    proc = subprocess.Popen([sys.executable, "-c", script, "guard", "--workspace", str(config.workspace),
+                             "--interval", "3600"], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "guarding prepare.py of run t1" in proc.stdout.readline()
+        (config.workspace / "prepare.py").write_text("tampered\n")
+        assert wait_for(lambda: (config.workspace / "prepare.py").read_bytes() == original)
+        assert wait_for(lambda: len(read_records(run.run_dir / "violations.jsonl")) == 1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "1 violation(s) repaired" in out
