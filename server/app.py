@@ -42,6 +42,9 @@ def _caller(ctx: Context | None) -> str:
         params = ctx.session.client_params if ctx is not None else None  # type: ignore[union-attr]
         if params is not None:
             name = f"{params.client_info.name}/{params.client_info.version}"
+        peer = getattr(getattr(ctx.request_context, "request", None), "client", None) if ctx is not None else None
+        if peer is not None:  # over HTTP: who connected, for the morning audit
+            name = f"{name or 'client'}@{peer.host}:{peer.port}"
     except Exception:  # noqa: BLE001 - the identity is best effort; the call itself must not fail over it
         name = None
     return ":".join(x for x in (session, name) if x) or "unknown"

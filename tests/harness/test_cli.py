@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git
+from helpers import git
 from harness.cli import main
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git, set_constant
+from helpers import git, set_constant
 from server.config import load_config
 from server.engine import Engine, InvalidArgument, Refusal
 from server.runner import marked_alive

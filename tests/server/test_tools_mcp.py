@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from conftest import REPO_ROOT, set_constant
+from helpers import REPO_ROOT, set_constant
 from server.app import build_server
 from server.audit import AuditLog
 from server.config import load_config

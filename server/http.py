@@ -1,0 +1,285 @@
+"""Serve the locked tools over streamable HTTP at `/mcp`, refusing anything that is not clearly a legitimate client.
+
+Secure by default, because an open port is reachable by more than the agent it was opened for:
+- a bind to any address other than loopback requires a bearer token; when none is given one is generated and shown once
+  on stderr (never stdout, never server.log);
+- every request is checked before the SDK sees it: the Host header must name the bound address (a browser tricked by DNS
+  rebinding sends the attacker's name), a browser's Origin must be this server, the token must match (compared in
+  constant time) and the body must fit in `MAX_BODY_BYTES`;
+- each refusal is a JSON-RPC error body whose message says what to fix, with the HTTP status a client expects.
+
+The SDK's own `TransportSecuritySettings` check is kept behind ours with the same allowed names, as a second line.
+All tool calls run in uvicorn's one event loop, so the engine's per-run lock still refuses a second concurrent
+experiment exactly as it does on stdio.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+import uvicorn
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.app import build_server
+from server.engine import Engine
+
+log = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+MAX_BODY_BYTES = 1024 * 1024  # a tool call is a few hundred bytes; 1 MiB leaves room and bounds memory per request
+MIN_TOKEN_CHARS = 16
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+GRACEFUL_SHUTDOWN_S = 5  # then open streams are cut, so an experiment in flight is killed and recorded
+
+
+class HttpSetupError(ValueError):
+    """The HTTP server cannot start as asked (bad address or token); the message says what to change."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach: 127.0.0.0/8, ::1 and the name localhost."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def is_wildcard(host: str) -> bool:
+    """True for 0.0.0.0 and ::, which listen on every interface under names this process cannot know."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def _authority(host: str, port: int) -> str:
+    name = host.strip("[]").lower()
+    if ":" in name:  # an IPv6 literal is bracketed in Host headers and URLs
+        name = f"[{name}]"
+    return f"{name}:{port}"
+
+
+@dataclass(frozen=True)
+class TokenDecision:
+    token: str | None
+    generated: bool
+
+
+def decide_token(host: str, token: str | None) -> TokenDecision:
+    """The token to enforce: the one given; else a fresh one when `host` is reachable from other machines; else none.
+
+    An empty string counts as not given (an unset environment variable often arrives as ""). A given token shorter
+    than `MIN_TOKEN_CHARS` is refused: it could be guessed.
+    """
+    if token:
+        if len(token) < MIN_TOKEN_CHARS:
+            raise HttpSetupError(
+                f"the bearer token is {len(token)} characters; use at least {MIN_TOKEN_CHARS} (for example the output "
+                "of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or pass none to have one made"
+            )
+        return TokenDecision(token, generated=False)
+    if is_loopback(host):
+        return TokenDecision(None, generated=False)
+    return TokenDecision(secrets.token_urlsafe(32), generated=True)
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """What every request must satisfy. `allowed_hosts` is None for a wildcard bind, where the token is the guard."""
+
+    token: str | None
+    allowed_hosts: frozenset[str] | None
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    @classmethod
+    def for_bind(cls, host: str, port: int, token: str | None, max_body_bytes: int = MAX_BODY_BYTES) -> "HttpPolicy":
+        if is_wildcard(host):
+            if not token:
+                raise HttpSetupError(f"binding {host} listens on every interface and needs a bearer token")
+            return cls(token, None, max_body_bytes)
+        names = {_authority(host, port)}
+        if is_loopback(host):
+            names.update(f"{alias}:{port}" for alias in LOOPBACK_NAMES)
+        elif not token:
+            raise HttpSetupError(f"binding {host} makes the server reachable from other machines and needs a token")
+        if port == 80:  # clients leave the default port out of Host
+            names.update(name.rsplit(":", 1)[0] for name in list(names))
+        return cls(token, frozenset(names), max_body_bytes)
+
+    def sdk_settings(self) -> TransportSecuritySettings:
+        """The same Host/Origin rule for the SDK's own check, so the two never disagree."""
+        if self.allowed_hosts is None:
+            return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        hosts = sorted(self.allowed_hosts)
+        return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                         allowed_origins=[f"http://{h}" for h in hosts])
+
+
+@dataclass(frozen=True)
+class Rejection:
+    status: int
+    message: str
+    www_authenticate: str | None = None
+
+    def body(self) -> bytes:
+        # JSON-RPC shaped, so MCP clients show the message instead of a bare status line
+        return json.dumps({"jsonrpc": "2.0", "id": None,
+                           "error": {"code": -32600, "message": self.message}}).encode()
+
+    async def send(self, send: Send) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body())).encode())]
+        if self.www_authenticate:
+            headers.append((b"www-authenticate", self.www_authenticate.encode()))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body()})
+
+
+def check_headers(policy: HttpPolicy, headers: Headers) -> Rejection | None:
+    """Host, then Origin, then the token: the first failed check, or None when the request may proceed."""
+    host = (headers.get("host") or "").lower()
+    if policy.allowed_hosts is not None and host not in policy.allowed_hosts:
+        return Rejection(421, f"Host header {host!r} does not name this server; connect to one of "
+                              f"{', '.join(sorted(policy.allowed_hosts))} (requests through another name are refused "
+                              "to stop DNS rebinding)")
+    origin = headers.get("origin")
+    if origin is not None and origin.lower() != f"http://{host}":
+        return Rejection(403, f"Origin {origin!r} is not this server (http://{host}); browsers on other sites may not "
+                              "call these tools. Non-browser clients should send no Origin header")
+    if policy.token is None:
+        return None
+    scheme, _, given = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return Rejection(401, "missing bearer token: send the header 'Authorization: Bearer <token>' with the token "
+                              "printed when the server started (or the one passed with --token)",
+                         'Bearer realm="autoresearch"')
+    if not hmac.compare_digest(given.strip().encode(), policy.token.encode()):
+        return Rejection(401, "wrong bearer token: use the token printed when the server started (or the one passed "
+                              "with --token) in 'Authorization: Bearer <token>'",
+                         'Bearer realm="autoresearch", error="invalid_token"')
+    return None
+
+
+def _too_large(limit: int) -> Rejection:
+    return Rejection(413, f"request body exceeds {limit} bytes; a tool call needs far less: send smaller arguments")
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+class HttpGuard:
+    """ASGI middleware applying `HttpPolicy` to every HTTP request before the MCP app sees it."""
+
+    def __init__(self, app: ASGIApp, policy: HttpPolicy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan events carry no request
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        rejection = check_headers(self.policy, headers)
+        if rejection is None:
+            declared = headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.policy.max_body_bytes:
+                rejection = _too_large(self.policy.max_body_bytes)
+        if rejection is not None:
+            await self._refuse(scope, rejection, send)
+            return
+        # Read the body up front (it is bounded), so a chunked upload cannot exceed the limit either.
+        body = bytearray()
+        pending: list[Message] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                pending.append(message)
+                break
+            body.extend(message.get("body", b""))
+            if len(body) > self.policy.max_body_bytes:
+                await self._refuse(scope, _too_large(self.policy.max_body_bytes), send)
+                return
+            if not message.get("more_body", False):
+                break
+        pending.insert(0, {"type": "http.request", "body": bytes(body), "more_body": False})
+        log.debug("%s %s from %s", scope.get("method"), scope.get("path"), _peer(scope))
+
+        async def replay() -> Message:
+            return pending.pop(0) if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, rejection: Rejection, send: Send) -> None:
+        log.warning("refused %s %s from %s: %d %s", scope.get("method"), scope.get("path"), _peer(scope),
+                    rejection.status, rejection.message)
+        await rejection.send(send)
+
+
+def build_http_app(engine: Engine, *, host: str, port: int, token: str | None,
+                   max_body_bytes: int = MAX_BODY_BYTES) -> ASGIApp:
+    """The MCP app at `/mcp` behind `HttpGuard`; `token` is enforced as given (see `decide_token` for the default)."""
+    policy = HttpPolicy.for_bind(host, port, token, max_body_bytes)
+    server = build_server(engine)
+    app = server.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=policy.sdk_settings(),
+                                     max_request_body_size=max_body_bytes, host=host)
+    return HttpGuard(app, policy)
+
+
+def display_url(host: str, port: int) -> str:
+    name = socket.gethostname() if is_wildcard(host) else host
+    return f"http://{_authority(name, port)}{MCP_PATH}"
+
+
+def announce_token(url: str, token: str, stream: TextIO | None = None) -> None:
+    """The one place a generated token is ever written: a single line on stderr."""
+    print(f"autoresearch MCP server at {url} requires a bearer token; clients must send the header "
+          f"'Authorization: Bearer {token}'", file=stream or sys.stderr, flush=True)
+
+
+def uvicorn_config(app: ASGIApp, *, host: str, port: int) -> uvicorn.Config:
+    """uvicorn as the server runs it: our logging (stderr and server.log), no access log, bounded shutdown."""
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    return uvicorn.Config(app, host=host.strip("[]"), port=port, log_config=None, access_log=False,
+                          lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
+
+
+def serve_http(engine: Engine, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; returns the exit status (2 when the address or token is unusable)."""
+    try:
+        decision = decide_token(host, token)
+        app = build_http_app(engine, host=host, port=port, token=decision.token)
+    except HttpSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    url = display_url(host, port)
+    if decision.generated and decision.token:
+        announce_token(url, decision.token)
+    else:  # the console handler shows warnings only, and whoever started the server needs the address
+        print(f"autoresearch MCP server at {url} "
+              f"({'bearer token required' if decision.token else 'loopback only, no token'})",
+              file=sys.stderr, flush=True)
+    log.info("serving streamable HTTP at %s (%s)", url,
+             "bearer token required" if decision.token else "loopback only, no token")
+    server = uvicorn.Server(uvicorn_config(app, host=host, port=port))
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind; its log line above gives the OS error
+        print(f"error: could not listen on {_authority(host, port)}; choose another --port or --host",
+              file=sys.stderr)
+        return 1
+    return 0
