@@ -1,0 +1,864 @@
+"""Locked half of the experiment: data, tokenizer, dataloader, checkpoint format and the metric.
+
+The agent edits train.py and never this file. Everything that decides what a result means lives here: which text the
+model is scored on, how it is tokenized, and how val_bpb is computed. The harness runs this file's evaluation in a
+separate process (`python prepare.py evaluate ...`) on the checkpoint train.py saved, so train.py cannot print or patch
+the number that is recorded.
+
+Usage:
+    python prepare.py                         # prepare the default source (offline, no download)
+    python prepare.py --source climbmix --num-shards 10 --workers 8
+    python prepare.py evaluate --checkpoint PATH --train-file PATH
+
+Environment:
+    AUTORESEARCH_DATA         offline (default) | climbmix
+    AUTORESEARCH_CACHE        cache folder (default ~/.cache/autoresearch)
+    AUTORESEARCH_TIME_BUDGET  training seconds (default: 300 on CUDA, 120 on MPS, 60 on CPU)
+    AUTORESEARCH_CHECKPOINT   set by the harness: train.py saves there and does not evaluate itself
+Small-size overrides (tests, quick demos; recorded in the cache and the fingerprint, so they never mix with defaults):
+    AUTORESEARCH_CORPUS_BYTES, AUTORESEARCH_VOCAB_SIZE, AUTORESEARCH_SEQ_LEN, AUTORESEARCH_EVAL_TOKENS,
+    AUTORESEARCH_DATA_URL (climbmix base URL)
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# ---- Constants ----
+
+CACHE_FORMAT = 1                       # bump when the cache layout changes
+CHECKPOINT_FORMAT = 1                  # bump when the checkpoint layout changes
+DEFAULT_BUDGETS = {"cuda": 300.0, "mps": 120.0, "cpu": 60.0}  # training seconds per device type
+SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|reserved|>"]  # reserved at the top of the vocabulary
+SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
+                 r"""\s+(?!\S)|\s+""")  # GPT-4-style pre-split: words, 1-3 digit groups, punctuation, whitespace
+CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
+CLIMBMIX_VAL_SHARD = 6542               # pinned validation shard, never trained on
+OFFLINE_VAL_PERCENT = 10                # share of stdlib files (by path hash) held out for validation
+EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "ensurepip"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSettings:
+    """What fixes a data source's results: two runs are comparable only when all of these match."""
+
+    source: str
+    vocab_size: int      # including the reserved special tokens
+    seq_len: int         # context length the evaluation uses (train.py trains at this length)
+    eval_tokens: int     # validation tokens scored by the evaluation
+    corpus_bytes: int    # offline: cap on the corpus size; climbmix: cap on tokenizer training text
+    num_shards: int = 0  # climbmix training shards
+
+
+SOURCE_DEFAULTS = {
+    # 8 MB of stdlib text; 4k vocab and 256-token context suit a model trained for a minute on two CPU cores.
+    # 2**15 eval tokens (about 110 kB of text) keep the evaluator to seconds on two CPU cores.
+    "offline": SourceSettings("offline", vocab_size=4096, seq_len=256, eval_tokens=2**15, corpus_bytes=8_000_000),
+    # The original's scale: 8192 vocab, 2048 context, 40 * 2**19 eval tokens, tokenizer trained on 2e9 characters.
+    "climbmix": SourceSettings("climbmix", vocab_size=8192, seq_len=2048, eval_tokens=40 * 2**19,
+                               corpus_bytes=2_000_000_000, num_shards=10),
+}
+
+
+class PrepareError(RuntimeError):
+    """A problem the user fixes (bad flag, missing cache, failed download); printed as one line."""
+
+
+# ---- Settings from the environment ----
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise PrepareError(f"{name}={raw!r} is not an integer; unset it or give a whole number") from None
+    if value < minimum:
+        raise PrepareError(f"{name}={value} is below the minimum {minimum}; unset it or raise it")
+    return value
+
+
+def data_source() -> str:
+    """The data source named by AUTORESEARCH_DATA (offline by default)."""
+    name = os.environ.get("AUTORESEARCH_DATA", "offline") or "offline"
+    if name not in SOURCE_DEFAULTS:
+        raise PrepareError(f"AUTORESEARCH_DATA={name!r} is not a known source; use one of {sorted(SOURCE_DEFAULTS)}")
+    return name
+
+
+def source_settings(source: str | None = None, num_shards: int | None = None) -> SourceSettings:
+    """Defaults of the source with any AUTORESEARCH_* size overrides applied."""
+    base = SOURCE_DEFAULTS[source or data_source()]
+    return dataclasses.replace(
+        base,
+        vocab_size=_env_int("AUTORESEARCH_VOCAB_SIZE", base.vocab_size, minimum=256 + len(SPECIAL_TOKENS) + 1),
+        seq_len=_env_int("AUTORESEARCH_SEQ_LEN", base.seq_len, minimum=8),
+        eval_tokens=_env_int("AUTORESEARCH_EVAL_TOKENS", base.eval_tokens, minimum=8),
+        corpus_bytes=_env_int("AUTORESEARCH_CORPUS_BYTES", base.corpus_bytes, minimum=1000),
+        num_shards=base.num_shards if num_shards is None else num_shards,
+    )
+
+
+def cache_dir() -> Path:
+    """Root of the cache (AUTORESEARCH_CACHE or ~/.cache/autoresearch)."""
+    return Path(os.environ.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch").expanduser()
+
+
+def source_dir(source: str | None = None) -> Path:
+    return cache_dir() / (source or data_source())
+
+
+def time_budget(device_type: str = "cpu") -> float:
+    """Training seconds allowed: AUTORESEARCH_TIME_BUDGET from the harness, else the default for the device."""
+    raw = os.environ.get("AUTORESEARCH_TIME_BUDGET")
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise PrepareError(f"AUTORESEARCH_TIME_BUDGET={raw!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value <= 0:
+            raise PrepareError(f"AUTORESEARCH_TIME_BUDGET={raw!r} must be a positive number of seconds")
+        return value
+    return DEFAULT_BUDGETS.get(device_type, DEFAULT_BUDGETS["cpu"])
+
+
+def checkpoint_path() -> Path | None:
+    """Where the harness wants the checkpoint, or None when train.py runs by hand."""
+    raw = os.environ.get("AUTORESEARCH_CHECKPOINT")
+    return Path(raw) if raw else None
+
+
+def _progress(label: str, done: float, total: float, unit: str = "") -> None:
+    """One-line progress on stderr: redrawn in place on a terminal, a line per call otherwise."""
+    pct = 100.0 * done / total if total else 100.0
+    line = f"{label}: {pct:5.1f}% ({done:,.0f}/{total:,.0f}{unit})"
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line + ("\n" if done >= total else ""))
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+# ---- Offline corpus: the running Python's standard library ----
+
+def _path_hash(relpath: str) -> int:
+    return int(hashlib.sha256(relpath.encode()).hexdigest()[:12], 16)
+
+
+def offline_corpus(corpus_bytes: int) -> tuple[list[str], list[str]]:
+    """(train documents, validation documents) from the standard library's .py files.
+
+    Why this text: it is real, varied English prose (docstrings, pydoc_data/topics.py) mixed with code, several MB,
+    and present wherever Python runs, so the default experiment needs no download. Files are walked in sorted order,
+    taken in the order of a hash of their relative path (a fixed shuffle that mixes packages) until corpus_bytes is
+    reached (empty files and exact copies skipped), and assigned to validation when the same hash falls in the first
+    OFFLINE_VAL_PERCENT of 100. The same Python installation therefore always yields the same bytes and split.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    relpaths: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS and not d.startswith("config-"))
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                relpaths.append((Path(dirpath) / name).relative_to(root).as_posix())
+    relpaths.sort(key=lambda p: (_path_hash(p), p))
+    train: list[str] = []
+    val: list[str] = []
+    total = 0
+    seen: set[str] = set()
+    for rel in relpaths:
+        try:
+            text = (root / rel).read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        size = len(text.encode("utf-8"))
+        if not text.strip() or text in seen or total + size > corpus_bytes:
+            continue  # empty __init__ files and copies would blur the train/validation split
+        seen.add(text)
+        total += size
+        (val if _path_hash(rel) % 100 < OFFLINE_VAL_PERCENT else train).append(text)
+    if not train or not val:
+        raise PrepareError(f"the standard library at {root} gave too little text ({total} bytes) for a corpus")
+    return train, val
+
+
+# ---- Climbmix download (parallel, retries with backoff, temp-then-rename, integrity check) ----
+
+def climbmix_url() -> str:
+    return (os.environ.get("AUTORESEARCH_DATA_URL") or CLIMBMIX_URL).rstrip("/")
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.parquet"
+
+
+def check_parquet(path: Path, expected_sha256: str | None = None) -> None:
+    """Raise PrepareError unless path is a complete, readable parquet file with a text column (and the given sha256)."""
+    import pyarrow.parquet as pq
+
+    if expected_sha256 is not None:
+        digest = _sha256_file(path)
+        if digest != expected_sha256:
+            raise PrepareError(f"{path.name}: sha256 {digest[:12]}.. != expected {expected_sha256[:12]}..")
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(-4, os.SEEK_END) if path.stat().st_size >= 8 else None
+        tail = f.read(4)
+    if head != b"PAR1" or tail != b"PAR1":
+        raise PrepareError(f"{path.name}: not a complete parquet file (missing PAR1 magic)")
+    try:
+        table = pq.read_table(path, columns=["text"])
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise PrepareError(f"{path.name}: parquet file is damaged ({exc})") from None
+    if table.num_rows == 0:
+        raise PrepareError(f"{path.name}: parquet file has no rows")
+
+
+def _advertised_sha256(headers: Any) -> str | None:
+    """The sha256 a Hugging Face-style server advertises for an LFS file (X-Linked-Etag or ETag), if any."""
+    for key in ("X-Linked-Etag", "ETag"):
+        value = (headers.get(key) or "").strip().strip('"').removeprefix("W/").strip('"')
+        if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            return value
+    return None
+
+
+def download_file(url: str, dest: Path, *, retries: int = 5, backoff: float = 2.0, timeout: float = 60.0,
+                  sleep: Callable[[float], None] = time.sleep) -> Path:
+    """Download url to dest: resume a partial .tmp with a Range request, verify, then rename into place.
+
+    A failed request or a file that fails the integrity check is retried after backoff * 2**attempt seconds;
+    a corrupt download is discarded, an interrupted one is resumed from where it stopped.
+    """
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    last_error = "no attempt made"
+    for attempt in range(retries):
+        try:
+            offset = tmp.stat().st_size if tmp.exists() else 0
+            request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                resumed = offset > 0 and response.status == 206
+                expected_sha = _advertised_sha256(response.headers)
+                length = response.headers.get("Content-Length")
+                expected_total = (offset if resumed else 0) + int(length) if length else None
+                with open(tmp, "ab" if resumed else "wb") as f:
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+            size = tmp.stat().st_size
+            if expected_total is not None and size != expected_total:
+                raise ConnectionError(f"got {size} of {expected_total} bytes")
+            try:
+                check_parquet(tmp, expected_sha)
+            except PrepareError:
+                tmp.unlink(missing_ok=True)  # corrupt: start over rather than resume a bad prefix
+                raise
+            os.replace(tmp, dest)
+            return dest
+        except urllib.error.HTTPError as exc:
+            last_error = f"HTTP {exc.code}"
+            if exc.code == 416:  # our partial file is longer than the remote one: start over
+                tmp.unlink(missing_ok=True)
+            elif exc.code in (403, 404):
+                break
+        except (OSError, ConnectionError, PrepareError) as exc:
+            last_error = str(exc) or type(exc).__name__
+        log.warning("download %s failed (attempt %d/%d): %s", url, attempt + 1, retries, last_error)
+        if attempt + 1 < retries:
+            sleep(backoff * 2**attempt)
+    raise PrepareError(f"could not download {url} after {retries} attempts ({last_error}); check the network "
+                       f"or AUTORESEARCH_DATA_URL, then run `python prepare.py --source climbmix` again")
+
+
+def download_shards(indices: list[int], data_dir: Path, *, workers: int = 8, **kwargs: Any) -> list[Path]:
+    """Download the given climbmix shards in parallel; returns their paths in the order given."""
+    base = climbmix_url()
+    done = 0
+    paths: dict[int, Path] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(download_file, f"{base}/{shard_name(i)}", data_dir / shard_name(i), **kwargs): i
+                   for i in indices}
+        for future in concurrent.futures.as_completed(futures):
+            paths[futures[future]] = future.result()
+            done += 1
+            _progress("download", done, len(indices), " shards")
+    return [paths[i] for i in indices]
+
+
+def _parquet_texts(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t]
+
+
+# ---- Tokenizer ----
+
+class Tokenizer:
+    """Byte-pair encoding (tiktoken at run time) with reserved special tokens and per-token byte counts."""
+
+    def __init__(self, pattern: str, mergeable_ranks: dict[bytes, int]) -> None:
+        import tiktoken
+
+        first_special = len(mergeable_ranks)
+        self.special_tokens = {name: first_special + i for i, name in enumerate(SPECIAL_TOKENS)}
+        self.encoding = tiktoken.Encoding("autoresearch", pat_str=pattern, mergeable_ranks=mergeable_ranks,
+                                          special_tokens=self.special_tokens)
+        self.pattern = pattern
+        self.mergeable_ranks = mergeable_ranks
+        self.vocab_size = first_special + len(SPECIAL_TOKENS)
+        self.bos_token_id = self.special_tokens["<|bos|>"]
+
+    @classmethod
+    def train(cls, texts: Iterator[str], vocab_size: int) -> Tokenizer:
+        """Train BPE with rustbpe on texts; vocab_size includes the special tokens."""
+        import rustbpe
+
+        trainer = rustbpe.Tokenizer()
+        trainer.train_from_iterator(texts, vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+        return cls(trainer.get_pattern(), {bytes(k): v for k, v in trainer.get_mergeable_ranks()})
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.encoding.decode(ids)
+
+    def token_bytes(self) -> np.ndarray:
+        """Exact UTF-8 byte length of each token id (0 for special tokens): the metric's denominator."""
+        counts = np.zeros(self.vocab_size, dtype=np.int32)
+        for token, rank in self.mergeable_ranks.items():
+            counts[rank] = len(token)
+        return counts
+
+    def save(self, path: Path) -> None:
+        ranks = sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1])
+        data = {"pattern": self.pattern, "special_tokens": SPECIAL_TOKENS, "ranks": [t.hex() for t, _ in ranks]}
+        _atomic_write(path, json.dumps(data).encode())
+
+    @classmethod
+    def load(cls, path: Path) -> Tokenizer:
+        data = json.loads(path.read_text())
+        return cls(data["pattern"], {bytes.fromhex(h): i for i, h in enumerate(data["ranks"])})
+
+    # Names an original-style train.py calls.
+    @classmethod
+    def from_directory(cls) -> Tokenizer:
+        return cls.load(source_dir() / "tokenizer.json")
+
+    def get_vocab_size(self) -> int:
+        return self.vocab_size
+
+    def get_bos_token_id(self) -> int:
+        return self.bos_token_id
+
+
+# ---- Preparing the cache ----
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _token_stream(tokenizer: Tokenizer, docs: list[str], label: str) -> np.ndarray:
+    """Documents tokenized and joined into one uint16 stream, each document preceded by BOS."""
+    parts: list[np.ndarray] = []
+    step = 256
+    for start in range(0, len(docs), step):
+        for ids in tokenizer.encode_batch(docs[start:start + step]):
+            parts.append(np.asarray([tokenizer.bos_token_id] + ids, dtype=np.uint16))
+        _progress(f"tokenize {label}", min(start + step, len(docs)), len(docs), " docs")
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+
+
+def _settings_match(meta_path: Path, settings: SourceSettings, ignore: tuple[str, ...] = ()) -> bool:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    recorded = {k: v for k, v in (meta.get("settings") or {}).items() if k not in ignore}
+    wanted = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ignore}
+    return meta.get("cache_format") == CACHE_FORMAT and recorded == wanted
+
+
+def prepare(settings: SourceSettings, *, workers: int = 8, download_kwargs: dict[str, Any] | None = None) -> Path:
+    """Build (once) the cache for a source: tokenizer, token streams, byte counts and a fingerprint in meta.json."""
+    out = source_dir(settings.source)
+    meta_path = out / "meta.json"
+    if _settings_match(meta_path, settings):
+        print(f"already prepared: {out} (fingerprint {json.loads(meta_path.read_text())['fingerprint'][:16]})")
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    corpus_hash = hashlib.sha256()
+    if settings.source == "offline":
+        train_docs, val_docs = offline_corpus(settings.corpus_bytes)
+        for doc in train_docs + val_docs:
+            corpus_hash.update(doc.encode())
+        tokenizer_texts: list[str] = train_docs
+    else:
+        indices = list(range(settings.num_shards))
+        paths = download_shards(indices + [CLIMBMIX_VAL_SHARD], out / "data", workers=workers,
+                                **(download_kwargs or {}))
+        for path in paths:
+            corpus_hash.update(_sha256_file(path).encode())
+        train_docs = [t for p in paths[:-1] for t in _parquet_texts(p)]
+        val_docs = _parquet_texts(paths[-1])
+        tokenizer_texts, total = [], 0
+        for doc in train_docs:
+            if total >= settings.corpus_bytes:
+                break
+            tokenizer_texts.append(doc)
+            total += len(doc)
+    started = time.time()
+    tokenizer = Tokenizer.train(iter(tokenizer_texts), settings.vocab_size)
+    log.info("tokenizer trained in %.1fs", time.time() - started)
+    print(f"tokenizer: {tokenizer.vocab_size} tokens trained in {time.time() - started:.1f}s", file=sys.stderr)
+    tokenizer.save(out / "tokenizer.json")
+    np.save(out / "token_bytes.npy", tokenizer.token_bytes())
+    train_tokens = _token_stream(tokenizer, train_docs, "train")
+    val_tokens = _token_stream(tokenizer, val_docs, "val")
+    _atomic_write(out / "train.bin", train_tokens.tobytes())
+    _atomic_write(out / "val.bin", val_tokens.tobytes())
+    files = {name: _sha256_file(out / name) for name in ("tokenizer.json", "token_bytes.npy", "val.bin")}
+    fingerprint = hashlib.sha256(json.dumps({"corpus": corpus_hash.hexdigest(), "files": files,
+                                             "settings": dataclasses.asdict(settings)}, sort_keys=True).encode())
+    meta = {"cache_format": CACHE_FORMAT, "settings": dataclasses.asdict(settings), "files": files,
+            "corpus_sha256": corpus_hash.hexdigest(), "fingerprint": fingerprint.hexdigest(),
+            "train_tokens": int(train_tokens.size), "val_tokens": int(val_tokens.size),
+            "train_bytes": (out / "train.bin").stat().st_size}
+    _atomic_write(meta_path, json.dumps(meta, indent=2).encode())
+    print(f"prepared {out}: {train_tokens.size:,} train / {val_tokens.size:,} val tokens, "
+          f"fingerprint {meta['fingerprint'][:16]}")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A verified cache: what the dataloader and the evaluation read."""
+
+    root: Path
+    settings: SourceSettings
+    fingerprint: str
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    token_bytes: np.ndarray
+
+
+def load_prepared(source: str | None = None, *, verify: bool = True) -> Prepared:
+    """Open the cache of the current source; refuse when it is missing or its files do not match meta.json."""
+    settings = source_settings(source)
+    root = source_dir(settings.source)
+    hint = f"run `python prepare.py --source {settings.source}` (with the same AUTORESEARCH_* variables)"
+    meta_path = root / "meta.json"
+    if not meta_path.exists():
+        raise PrepareError(f"no prepared data for source {settings.source!r} in {root}; {hint}")
+    # The number of training shards is the preparer's choice; the fingerprint still tells the data apart.
+    if not _settings_match(meta_path, settings, ignore=("num_shards",)):
+        raise PrepareError(f"the cache in {root} was prepared with other settings than {settings}; {hint}")
+    meta = json.loads(meta_path.read_text())
+    settings = SourceSettings(**meta["settings"])
+    if verify:
+        for name, digest in meta["files"].items():
+            path = root / name
+            actual = _sha256_file(path) if path.exists() else "missing"
+            if actual != digest:
+                raise PrepareError(f"{path} does not match the recorded fingerprint "
+                                   f"({actual[:12]} != {digest[:12]}); {hint}")
+        train_path = root / "train.bin"
+        if not train_path.exists() or train_path.stat().st_size != meta["train_bytes"]:
+            raise PrepareError(f"{train_path} is missing or has the wrong size; {hint}")
+    return Prepared(root, settings, meta["fingerprint"],
+                    np.memmap(root / "train.bin", dtype=np.uint16, mode="r"),
+                    np.fromfile(root / "val.bin", dtype=np.uint16),
+                    np.load(root / "token_bytes.npy", allow_pickle=False))
+
+
+# ---- Dataloader ----
+
+def train_batches(prepared: Prepared, batch_size: int, seq_len: int, seed: int = 0,
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Endless (inputs, targets, epoch) int64 arrays of shape (batch_size, seq_len) from the training stream.
+
+    Windows of seq_len + 1 tokens tile the stream; each epoch visits them in a permutation drawn from seed, so the
+    data order is the same on every run with the same seed.
+    """
+    tokens = prepared.train_tokens
+    n_windows = (tokens.size - 1) // seq_len
+    if n_windows < batch_size:
+        raise PrepareError(f"the training stream ({tokens.size} tokens) is too short for batches of "
+                           f"{batch_size} x {seq_len}; lower the batch size or prepare a larger corpus")
+    rng = np.random.default_rng(seed)
+    epoch = 0
+    while True:
+        order = rng.permutation(n_windows)
+        for start in range(0, n_windows - batch_size + 1, batch_size):
+            rows = np.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in order[start:start + batch_size]])
+            rows = rows.astype(np.int64)
+            yield rows[:, :-1], rows[:, 1:], epoch
+        epoch += 1
+
+
+def eval_windows(prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed validation slice: (inputs, targets) of shape (n, seq_len), eval_tokens targets in total."""
+    seq_len = prepared.settings.seq_len
+    n = min(prepared.settings.eval_tokens, prepared.val_tokens.size - 1) // seq_len
+    if n < 1:
+        raise PrepareError(f"the validation stream ({prepared.val_tokens.size} tokens) is shorter than one "
+                           f"window of {seq_len}; prepare a larger corpus")
+    rows = prepared.val_tokens[:n * seq_len + 1].astype(np.int64)
+    return rows[:-1].reshape(n, seq_len), rows[1:].reshape(n, seq_len)
+
+
+# ---- The metric ----
+
+def bits_per_byte(total_nats: float, total_bytes: int) -> float:
+    """val_bpb = summed cross-entropy in nats / (ln 2 * UTF-8 bytes of the scored target tokens)."""
+    if total_bytes <= 0:
+        raise ValueError(f"no bytes were scored (total_bytes={total_bytes}); the validation slice is empty")
+    return total_nats / (math.log(2) * total_bytes)
+
+
+def score_logits(logits: Any, targets: Any, token_bytes: Any) -> tuple[float, int]:
+    """(summed nats, summed bytes) over the targets whose tokens decode to at least one byte.
+
+    Special tokens (0 bytes) are left out of both sums so that document separators neither cost nor earn anything.
+    """
+    import torch
+
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    nll = -torch.gather(logprobs, -1, targets.unsqueeze(-1)).squeeze(-1).double()
+    nbytes = token_bytes[targets]
+    mask = nbytes > 0
+    return float(torch.sum(torch.where(mask, nll, torch.zeros_like(nll)))), int(torch.sum(nbytes))
+
+
+def evaluate_model(model: Any, prepared: Prepared, device: str = "cpu", batch_size: int = 8) -> tuple[float, int]:
+    """In-process evaluation for a hand run of train.py: (val_bpb, eval_tokens). The harness uses `evaluate`."""
+    import torch
+
+    inputs, targets = eval_windows(prepared)
+    token_bytes = torch.from_numpy(prepared.token_bytes.astype(np.int64)).to(device)
+    nats, nbytes = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch_size):
+            x = torch.from_numpy(inputs[i:i + batch_size]).to(device)
+            y = torch.from_numpy(targets[i:i + batch_size]).to(device)
+            logits = _check_logits(model(x), x.shape, prepared.settings.vocab_size)
+            n, b = score_logits(logits.float(), y, token_bytes)
+            nats, nbytes = nats + n, nbytes + b
+    return bits_per_byte(nats, nbytes), int(targets.size)
+
+
+def _check_logits(logits: Any, shape: Any, vocab_size: int) -> Any:
+    import torch
+
+    if type(logits) is not torch.Tensor:
+        raise PrepareError(f"the model returned {type(logits).__name__}, expected a plain torch.Tensor of logits")
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(shape) or logits.shape[2] < vocab_size:
+        raise PrepareError(f"the model returned logits of shape {tuple(logits.shape)}; expected "
+                           f"({shape[0]}, {shape[1]}, >= {vocab_size})")
+    if not logits.is_floating_point():
+        raise PrepareError(f"the model returned logits of dtype {logits.dtype}; expected a floating dtype")
+    if not bool(torch.isfinite(logits).all()):
+        raise PrepareError("the model returned non-finite logits (NaN or inf)")
+    return logits
+
+
+# ---- Checkpoints ----
+
+def save_checkpoint(model: Any, path: str | os.PathLike[str], model_config: Any) -> Path:
+    """Save what the evaluation needs: weights, the model class name and its config (a dataclass or a dict).
+
+    Only tensors and plain values are stored, so the evaluator loads them with torch.load(weights_only=True) and
+    nothing in the file can run code. Written to a temp file and renamed, so a crash never leaves half a checkpoint.
+    """
+    import torch
+
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    if dataclasses.is_dataclass(model_config) and not isinstance(model_config, type):
+        config, config_class = dataclasses.asdict(model_config), type(model_config).__name__
+    elif isinstance(model_config, dict):
+        config, config_class = dict(model_config), ""
+    else:
+        raise TypeError(f"model_config must be a dataclass instance or a dict, got {type(model_config).__name__}")
+    try:
+        fingerprint = load_prepared(verify=False).fingerprint
+    except PrepareError:
+        fingerprint = ""
+    payload = {"format": CHECKPOINT_FORMAT, "model_class": type(model).__name__, "config_class": config_class,
+               "config": config, "fingerprint": fingerprint,
+               "state_dict": {k: v.detach().to("cpu") for k, v in model.state_dict().items()}}
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
+# ---- Compatibility names for an original-style train.py (its printed val_bpb is unverified) ----
+
+_COMPAT_SOURCE = os.environ.get("AUTORESEARCH_DATA") or "offline"
+MAX_SEQ_LEN = SOURCE_DEFAULTS.get(_COMPAT_SOURCE, SOURCE_DEFAULTS["offline"]).seq_len
+TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or DEFAULT_BUDGETS["cuda"])
+
+
+def make_dataloader(tokenizer: Tokenizer, batch_size: int, seq_len: int, split: str, device: str = "cuda",
+                    ) -> Iterator[tuple[Any, Any, int]]:
+    """Original-style loader: (x, y, epoch) tensors on device; split 'train' only (validation is for evaluation)."""
+    import torch
+
+    if split != "train":
+        raise PrepareError(f"make_dataloader split={split!r}: only 'train' is served; evaluation reads validation")
+    for x, y, epoch in train_batches(load_prepared(verify=False), batch_size, seq_len):
+        yield torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), epoch
+
+
+def evaluate_bpb(model: Any, tokenizer: Tokenizer, batch_size: int) -> float:
+    """Original-style in-process evaluation (compatibility mode: the number it returns is not verified)."""
+    device = str(next(model.parameters()).device)
+    return evaluate_model(model, load_prepared(), device=device, batch_size=batch_size)[0]
+
+
+# ---- The evaluator (a separate process the harness runs on train.py's checkpoint) ----
+
+class EvaluationRejected(RuntimeError):
+    """The checkpoint or the model broke the evaluation's rules; the message says which."""
+
+
+def _load_train_module(train_file: Path, torch_mod: Any) -> Any:
+    """Import train.py as a module without running its __main__ block, with `import prepare` bound to this file."""
+    this = sys.modules[__name__]
+    sys.modules["prepare"] = this  # the pinned copy, whatever prepare.py sits beside train.py
+    sys.path.insert(0, str(train_file.parent))
+    spec = importlib.util.spec_from_file_location("train_under_evaluation", train_file)
+    if spec is None or spec.loader is None:
+        raise EvaluationRejected(f"cannot import {train_file} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    if sys.modules.get("prepare") is not this:
+        raise EvaluationRejected("train.py replaced the `prepare` module during import; it must only import it")
+    return module
+
+
+def _build_model(module: Any, ckpt: dict[str, Any]) -> Any:
+    model_cls = getattr(module, ckpt["model_class"], None)
+    if model_cls is None:
+        raise EvaluationRejected(f"train.py defines no module-level class {ckpt['model_class']!r}; keep the model "
+                                 f"class at module level so the evaluation can build it")
+    if ckpt["config_class"]:
+        config_cls = getattr(module, ckpt["config_class"], None)
+        if config_cls is None:
+            raise EvaluationRejected(f"train.py defines no module-level config class {ckpt['config_class']!r}")
+        return model_cls(config_cls(**ckpt["config"]))
+    return model_cls(**ckpt["config"])
+
+
+def run_evaluation(checkpoint: Path, train_file: Path, device: str | None = None, batch_size: int = 8,
+                   probe_tolerance: float = 1e-3) -> dict[str, Any]:
+    """Score a checkpoint with this file's code: returns {val_bpb, eval_tokens, eval_seconds, corpus_fingerprint}.
+
+    Defences against the code under test: torch functions are captured before train.py is imported; `prepare` is
+    aliased to this file; the checkpoint is loaded with weights_only; the logits are validated and scored here;
+    a causality probe rejects a model whose early logits change when later tokens do.
+    """
+    import torch
+
+    # Captured before any code from train.py runs, so patching torch's module attributes changes nothing here.
+    t_load, t_from_numpy, t_no_grad, t_tensor = torch.load, torch.from_numpy, torch.no_grad, torch.Tensor
+    t_max, t_abs, t_randint, t_gen = torch.max, torch.abs, torch.randint, torch.Generator
+    disable_tf = torch._C.DisableTorchFunction
+    score, check, bpb = score_logits, _check_logits, bits_per_byte
+
+    started = time.time()
+    prepared = load_prepared()
+    if not checkpoint.exists():
+        raise EvaluationRejected(f"no checkpoint at {checkpoint}; train.py must call prepare.save_checkpoint(...)")
+    try:
+        ckpt = t_load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EvaluationRejected(f"cannot load checkpoint {checkpoint}: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise EvaluationRejected(f"{checkpoint} is not a checkpoint written by prepare.save_checkpoint")
+    if ckpt["fingerprint"] and ckpt["fingerprint"] != prepared.fingerprint:
+        raise EvaluationRejected(f"the model was trained on other data (fingerprint {ckpt['fingerprint'][:12]} != "
+                                 f"{prepared.fingerprint[:12]}); results on different data are not comparable")
+    module = _load_train_module(train_file, torch)
+    model = _build_model(module, ckpt)
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except Exception as exc:
+        raise EvaluationRejected(f"the checkpoint's weights do not fit {ckpt['model_class']}: {exc}") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    vocab = prepared.settings.vocab_size
+    inputs, targets = eval_windows(prepared)
+    token_bytes = t_from_numpy(prepared.token_bytes.astype(np.int64)).to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _NullContext()
+
+    def forward(x: Any) -> Any:
+        with autocast:
+            logits = model(x)
+        with disable_tf():
+            if type(logits) is not t_tensor:
+                raise EvaluationRejected(f"the model returned {type(logits).__name__}, not a plain torch.Tensor")
+            return check(logits, x.shape, vocab).float()
+
+    with t_no_grad():
+        # Causality probe: change every token after position p; the logits up to p must not move.
+        probe = t_from_numpy(inputs[:min(2, len(inputs))].copy()).to(device)
+        seq_len = probe.shape[1]
+        gen = t_gen().manual_seed(1234)
+        p = int(t_randint(seq_len // 4, max(seq_len // 4 + 1, 3 * seq_len // 4), (1,), generator=gen))
+        perturbed = probe.clone()
+        perturbed[:, p + 1:] = t_randint(0, vocab - len(SPECIAL_TOKENS), (probe.shape[0], seq_len - p - 1),
+                                         generator=gen).to(device)
+        base, moved = forward(probe), forward(perturbed)
+        with disable_tf():
+            drift = float(t_max(t_abs(base[:, :p + 1] - moved[:, :p + 1])))
+        if not drift <= probe_tolerance * max(1.0, float(t_max(t_abs(base[:, :p + 1])))):
+            raise EvaluationRejected(f"causality probe failed: logits at positions <= {p} changed by {drift:.3g} "
+                                     f"when only later tokens changed; the model must not look at future tokens")
+        nats, nbytes = 0.0, 0
+        for i in range(0, len(inputs), batch_size):
+            x = t_from_numpy(inputs[i:i + batch_size]).to(device)
+            y = t_from_numpy(targets[i:i + batch_size]).to(device)
+            logits = forward(x)
+            with disable_tf():
+                n, b = score(logits, y, token_bytes)
+            nats, nbytes = nats + n, nbytes + b
+    return {"val_bpb": bpb(nats, nbytes), "eval_tokens": int(targets.size),
+            "eval_seconds": time.time() - started, "corpus_fingerprint": prepared.fingerprint}
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def format_summary(values: dict[str, Any]) -> str:
+    """The `---` block the harness parses: one `key: value` line each, keys padded to a common width."""
+    width = max(len(k) for k in values) + 1
+    lines = ["---"]
+    for key, value in values.items():
+        if isinstance(value, float):
+            text = f"{value:.6f}" if key.endswith("bpb") else f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}"
+        else:
+            text = str(value)
+        lines.append(f"{key + ':':<{width}} {text}")
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    # Saved before train.py is imported: the result is written and the process ended with functions it cannot swap,
+    # and os._exit skips atexit handlers or threads train.py may have left behind to print a block of their own.
+    write, flush_exit, stdout_fd, stderr_fd = os.write, os._exit, sys.stdout.fileno(), sys.stderr.fileno()
+    sys.stdout.flush()
+    try:
+        result = run_evaluation(Path(args.checkpoint), Path(args.train_file), device=args.device,
+                                batch_size=args.batch_size)
+    except (PrepareError, EvaluationRejected) as exc:
+        write(stderr_fd, f"evaluation failed: {exc}\n".encode())
+        flush_exit(2)
+    except Exception as exc:  # the model's own code crashed
+        write(stderr_fd, f"evaluation failed: {type(exc).__name__}: {exc}\n".encode())
+        flush_exit(3)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        pass
+    write(stdout_fd, format_summary(result).encode())
+    flush_exit(0)
+    return 0  # not reached
+
+
+# ---- Command line ----
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prepare.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", choices=sorted(SOURCE_DEFAULTS), default=None,
+                        help="data source to prepare (default: AUTORESEARCH_DATA or offline)")
+    parser.add_argument("--num-shards", type=_positive_int, default=None,
+                        help="climbmix training shards to download (default 10)")
+    parser.add_argument("--workers", type=_positive_int, default=8, help="parallel downloads (default 8)")
+    sub = parser.add_subparsers(dest="command")
+    ev = sub.add_parser("evaluate", help="score a checkpoint saved by train.py (what the harness records)")
+    ev.add_argument("--checkpoint", required=True, help="checkpoint written by prepare.save_checkpoint")
+    ev.add_argument("--train-file", required=True, help="the train.py that defines the model class")
+    ev.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    ev.add_argument("--batch-size", type=_positive_int, default=8, help="evaluation windows per forward pass")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
+        source = args.source or data_source()
+        if args.num_shards is not None and source != "climbmix":
+            raise PrepareError(f"--num-shards applies to --source climbmix only (source is {source!r})")
+        prepare(source_settings(source, args.num_shards), workers=args.workers)
+    except PrepareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
