@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 FACTORS = (0.5, 0.67, 0.8, 1.25, 1.5, 2.0)
 # Changing these tells us nothing about the model (or breaks the contract with the evaluation).
-SKIP = frozenset({"SEED", "EVAL_TOKENS", "MAX_SEQ_LEN", "VOCAB_SIZE", "TIME_BUDGET"})
+SKIP = frozenset({"SEED", "EVAL_TOKENS", "MAX_SEQ_LEN", "VOCAB_SIZE", "TIME_BUDGET", "MAX_LOSS", "UNTIMED_STEPS"})
 
 
 @dataclass(frozen=True)

@@ -332,3 +332,17 @@ def test_a_server_killed_mid_run_is_recovered_on_restart_without_loss_or_duplica
     assert engine.recover() is None, "recovery must be idempotent"
     engine.commit_or_revert(prefer="revert")
     assert run(engine, "after recovery").id == 3
+
+
+def test_compatibility_mode_uses_the_printed_metric_and_marks_it_unverified(workspace: Path) -> None:
+    config_path = workspace / "autoresearch.toml"
+    text = config_path.read_text()
+    head, _evaluate = text.split("[evaluate]")
+    config_path.write_text(head + '[evaluate]\nmode = "stdout"\n')
+    set_constant(workspace / "train.py", "BEHAVIOUR", '"lie"')
+    git(workspace, "commit", "-qam", "an original-style script that prints its own metric")
+    engine = open_engine(workspace)
+    result = run(engine, "baseline")
+    assert result.status == "ok" and result.metric == pytest.approx(0.000001) and result.verified is False
+    tsv = (engine.run_dir / "results.tsv").read_text().splitlines()
+    assert tsv[1].endswith("[unverified] baseline")
