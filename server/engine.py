@@ -239,6 +239,21 @@ class Engine:
                 "restore those files."
             )
 
+    def _refuse_past_limits(self, started: int) -> None:
+        """The harness's limits (`limits.json`) bind the server too: no experiment starts past them."""
+        try:
+            limits = json.loads((self.run_dir / "limits.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        cap = limits.get("max_experiments")
+        if isinstance(cap, int) and started >= cap:
+            raise Refusal(f"the run's limit of {cap} experiments is reached; the harness is stopping the loop. "
+                          "Do not start another experiment.")
+        deadline = limits.get("deadline")
+        if isinstance(deadline, (int, float)) and time.time() >= deadline:
+            raise Refusal("the run's deadline has passed; the harness is stopping the loop. "
+                          "Do not start another experiment.")
+
     def _runs_rel(self) -> str | None:
         try:
             return self.config.runs_dir.relative_to(self.config.workspace).as_posix()
@@ -258,6 +273,7 @@ class Engine:
             hypothesis = _clean(hypothesis, "hypothesis", min_len=0, max_len=MAX_HYPOTHESIS) or None
         with self._experiment_lock():
             experiments = self.ledger.experiments()
+            self._refuse_past_limits(len(experiments))
             waiting = history.pending(experiments)
             if waiting is not None:
                 raise Refusal(

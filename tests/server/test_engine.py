@@ -346,3 +346,14 @@ def test_compatibility_mode_uses_the_printed_metric_and_marks_it_unverified(work
     assert result.status == "ok" and result.metric == pytest.approx(0.000001) and result.verified is False
     tsv = (engine.run_dir / "results.tsv").read_text().splitlines()
     assert tsv[1].endswith("[unverified] baseline")
+
+
+def test_no_experiment_starts_past_the_harness_limits(workspace: Path) -> None:
+    engine = open_engine(workspace)
+    (engine.run_dir / "limits.json").write_text(json.dumps({"max_experiments": 1, "deadline": None}))
+    run(engine, "baseline")
+    with pytest.raises(Refusal, match="limit of 1 experiments is reached"):
+        run(engine, "one more")
+    (engine.run_dir / "limits.json").write_text(json.dumps({"max_experiments": None, "deadline": time.time() - 1}))
+    with pytest.raises(Refusal, match="deadline has passed"):
+        run(engine, "one more")
