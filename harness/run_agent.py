@@ -18,9 +18,11 @@ import threading
 import time
 import uuid
 from argparse import Namespace
+from datetime import datetime
 from pathlib import Path
 
-from harness.loop_state import RunLoopView
+from harness.agent_events import AgentEvent
+from harness.loop_state import RunLoopView, read_loop_state
 from harness.procs import LineAgentProcess, spawn_group
 from harness.supervisor import Launch, Limits, Policy, State, Supervisor, SupervisorEvent
 from server.audit import AuditLog
@@ -65,13 +67,70 @@ def write_mcp_config(config: Config, run: RunInfo, python: str = sys.executable)
     return path
 
 
+class DenialRecorder:
+    """Puts the tool calls Claude Code refused by its own permission rules into the audit chain.
+
+    A `deny` rule in .claude/settings.json (e.g. `Edit(prepare.py)`) refuses the call before any hook runs, so the
+    hooks, which record everything else, never see it. The CLI's stream still shows it: a `tool_result` whose
+    `tool_result_meta` says `decision: reject`. Refusals by the hooks (`source: hook`) are recorded by the hooks.
+    """
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+        self._calls: dict[str, tuple[str, object]] = {}  # tool_use id -> (tool name, input)
+
+    def __call__(self, line: str) -> list[AgentEvent]:
+        from harness.claude_stream import parse_line
+
+        events = parse_line(line)
+        if '"tool_use"' in line or '"tool_result_meta"' in line:
+            try:
+                self._inspect(json.loads(line))
+            except Exception:  # the record is best effort; reading the agent must go on
+                log.warning("could not audit a refused tool call from line %.200r", line, exc_info=True)
+        return events
+
+    def _inspect(self, data: object) -> None:
+        from harness.hooks import bounded_args
+
+        if not isinstance(data, dict):
+            return
+        message = data.get("message") if isinstance(data.get("message"), dict) else {}
+        blocks = [b for b in message.get("content") or [] if isinstance(b, dict)]
+        if data.get("type") == "assistant":
+            for block in blocks:
+                if block.get("type") == "tool_use":
+                    self._calls[str(block.get("id"))] = (str(block.get("name")), block.get("input"))
+            return
+        results = {str(b.get("tool_use_id")): b for b in blocks if b.get("type") == "tool_result"}
+        for meta in data.get("tool_result_meta") or []:
+            decision = meta.get("permission_decision") if isinstance(meta, dict) else None
+            if not isinstance(decision, dict) or decision.get("decision") != "reject":
+                continue
+            if decision.get("source") == "hook":
+                continue
+            use_id = str(meta.get("id"))
+            tool, tool_input = self._calls.pop(use_id, ("?", None))
+            content = results.get(use_id, {}).get("content")
+            reason = content if isinstance(content, str) else json.dumps(content, default=str)
+            self.audit.append("agent", "tool_call", session=_text_or_none(data.get("session_id")), tool=tool,
+                              args=bounded_args(tool, tool_input), status="blocked",
+                              summary={"reason": reason[:300], "by": f"permission {decision.get('source')} "
+                                                                    f"{decision.get('reason_type')}"})
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 class ClaudeSpawner:
     """Starts `claude -p` headless with stream-json output, an explicit tool allow-list and the run's MCP config."""
 
-    def __init__(self, config: Config, run: RunInfo, args: Namespace, mark: str) -> None:
+    def __init__(self, config: Config, run: RunInfo, args: Namespace, mark: str, audit: AuditLog | None = None) -> None:
         from harness.claude_launcher import ClaudeLaunchSpec
 
         self.config, self.run, self.mark = config, run, mark
+        self.audit = audit if audit is not None else AuditLog(run.run_dir / "audit.jsonl")
         self.allow_bash = bool(getattr(args, "allow_bash", False))
         mcp = write_mcp_config(config, run)
         tools = ["mcp__autoresearch__run_experiment", "mcp__autoresearch__read_results",
@@ -94,7 +153,6 @@ class ClaudeSpawner:
 
     def spawn(self, launch: Launch) -> LineAgentProcess:
         from harness.claude_launcher import SessionLaunch, build_argv, build_env
-        from harness.claude_stream import parse_line
 
         session = SessionLaunch(mode=launch.mode, prompt=launch.prompt, session_id=launch.session_id)
         env = build_env(self.spec)
@@ -106,7 +164,7 @@ class ClaudeSpawner:
         group = spawn_group(build_argv(self.spec, session), cwd=self.config.workspace, env=env,
                             stdout_log=log_dir / f"{session.session_id}.jsonl",
                             stderr_log=log_dir / f"{session.session_id}.stderr.log")
-        return LineAgentProcess(group, parse_line)
+        return LineAgentProcess(group, DenialRecorder(self.audit))
 
 
 class ApiAgentSpawner:
@@ -139,10 +197,14 @@ class ApiAgentSpawner:
 
 # ---- leftovers of a harness killed with kill -9 ----
 
-def kill_marked_agents(mark: str) -> int:
-    """Kill every process whose environment carries our agent marker (pids are never trusted alone)."""
+def kill_marked_agents(mark: str, wait_s: float = 5.0) -> int:
+    """Kill every process whose environment carries our agent marker (pids are never trusted alone).
+
+    Returns once they are gone (or `wait_s` passed): until then a killed MCP server may still hold the experiment
+    lock, and the recovery that follows would take the interrupted experiment for one still running.
+    """
     needle = f"{AGENT_MARK_VAR}={mark}".encode()
-    killed = 0
+    killed: list[int] = []
     for entry in Path("/proc").iterdir() if Path("/proc").exists() else []:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -153,10 +215,33 @@ def kill_marked_agents(mark: str) -> int:
         if needle in environ.split(b"\0"):
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
+                killed.append(int(entry.name))
             except OSError:
                 pass
-    return killed
+    deadline = time.monotonic() + wait_s
+    while any(_alive(pid) for pid in killed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(killed)
+
+
+def _alive(pid: int) -> bool:
+    """True while any thread of `pid` still runs.
+
+    The leader of a killed multi-threaded process turns zombie before its other threads are gone, and its files (and
+    so its locks) are released only when the last thread exits: a zombie leader alone does not mean the lock is free.
+    """
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rfind(")") + 2:].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 # ---- the run ----
@@ -192,6 +277,37 @@ class StatusWriter:
             print(line, file=sys.stderr, flush=True)
 
 
+class DecidingLoopView(RunLoopView):
+    """The run's files as the supervisor sees them, where the last allowed experiment counts as "in flight" until the
+    agent has decided it.
+
+    The supervisor stops at the experiment limit once nothing is in flight; without this it ends the agent the moment
+    the last experiment's run ends, before the agent can call commit_or_revert, so an improvement found by the last
+    experiment would never reach the branch. Only the experiment that reaches the limit is held (an agent that starts
+    experiments faster than the supervisor looks must not hold the stop off forever), and only for `decide_s` after
+    it finished.
+    """
+
+    def __init__(self, config: Config, run: RunInfo, decide_s: float) -> None:
+        super().__init__(config, run)
+        self.decide_s = decide_s
+
+    def inflight_deadline(self) -> float | None:
+        state = read_loop_state(self.config, self.run)
+        if state.in_flight is not None:
+            return state.in_flight.deadline
+        waiting, cap = state.pending, state.limits.max_experiments
+        if waiting is None or waiting.is_baseline or cap is None or len(state.experiments) != cap \
+                or state.experiments[-1].id != waiting.id:
+            return None
+        try:
+            finished = datetime.fromisoformat(waiting.finished_at.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+        deadline = finished + self.decide_s
+        return deadline if deadline > state.now else None
+
+
 def _audit_sink(audit: AuditLog):
     def sink(event: SupervisorEvent) -> None:
         status = "error" if event.name.value in ("fatal", "stall") else "ok"
@@ -220,12 +336,13 @@ def run_supervised(config: Config, run: RunInfo, args: Namespace) -> int:
                     max_cost_usd=args.max_cost_usd)
     atomic_write_text(run.run_dir / "limits.json", json.dumps({
         "deadline": deadline, "max_experiments": limits.max_experiments, "max_cost_usd": args.max_cost_usd}) + "\n")
-    spawner = ClaudeSpawner(config, run, args, mark) if args.agent == "claude" else ApiAgentSpawner(config, run, args,
-                                                                                                       mark)
     audit = AuditLog(run.run_dir / "audit.jsonl")
+    spawner = (ClaudeSpawner(config, run, args, mark, audit) if args.agent == "claude"
+               else ApiAgentSpawner(config, run, args, mark))
     policy = Policy(stall_timeout_s=args.stall_timeout,
                     **_policy_overrides())
-    sup = Supervisor(spawner, RunLoopView(config, run), policy, limits, on_event=_audit_sink(audit),
+    view = DecidingLoopView(config, run, decide_s=policy.stop_grace_s)
+    sup = Supervisor(spawner, view, policy, limits, on_event=_audit_sink(audit),
                      log_hint=str(run.run_dir / "agent"))
     status = StatusWriter(run, engine, config, mark, live=True)
     wake = threading.Event()
