@@ -375,6 +375,8 @@ def run_supervised(config: Config, run: RunInfo, args: Namespace) -> int:
         if guard is not None:
             guard.stop()
         engine.recover()  # an experiment the agent's server could not record (killed hard) is recorded now
+        # The limits belong to this invocation: an interactive session afterwards must not inherit them.
+        (run.run_dir / "limits.json").unlink(missing_ok=True)
     snap = sup.snapshot()
     audit.append("supervisor", "run_end", status="ok" if snap.state is State.STOPPED else "error",
                  summary={"state": snap.state.value, "reason": snap.stop_reason or snap.fatal_message,

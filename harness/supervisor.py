@@ -13,6 +13,7 @@ import enum
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
@@ -348,7 +349,10 @@ class Supervisor:
                        silent_s=round(silent, 1), pid=self._proc.pid)
             self._proc.terminate(self.policy.stop_grace_s)
             self._absorb(self._proc.events(), now)
-            self._end_session(EndKind.CRASHED, False, f"silent for {silent:.0f} s", now)
+            # Silence before any tool answered is most likely the API hanging (or a slow start): back off rather than
+            # restart at once, without counting it toward the crash loop, so a hung API cannot cause a restart storm.
+            end = EndKind.CRASHED if self._healthy else EndKind.API_OUTAGE
+            self._end_session(end, False, f"silent for {silent:.0f} s", now)
         elif self._state is State.STARTING and now - self._spawned_at >= self.policy.startsecs:
             self._consecutive_quick = 0
             self._transition(State.RUNNING, f"alive for {self.policy.startsecs:g} s")
@@ -460,10 +464,11 @@ class Supervisor:
             self._spawn(launch, now)
 
     def _next_launch(self, fresh: bool, prompt: str) -> Launch:
+        """New and fresh sessions get their id here, so every event about them (start, stall, ...) names it."""
         if fresh or (self._session_id is None and self._sessions):
-            return Launch("fresh", None, self._view.handoff_prompt())
+            return Launch("fresh", str(uuid.uuid4()), self._view.handoff_prompt())
         if self._session_id is None:
-            return Launch("new", None, self._view.start_prompt())
+            return Launch("new", str(uuid.uuid4()), self._view.start_prompt())
         return Launch("resume", self._session_id, prompt)
 
     def _spawn(self, launch: Launch, now: float) -> None:
@@ -473,9 +478,9 @@ class Supervisor:
         if launch.mode == "fresh":
             self._fresh += 1
             self._failed_resumes = 0
-            self._session_id = None
         elif launch.mode == "resume":
             self._resumes += 1
+        self._session_id = launch.session_id
         if self._spawns > 0:
             self._restarts += 1
         self._spawns += 1

@@ -175,7 +175,9 @@ def running_rig(session: str = "s1", **kw) -> Rig:
 def test_the_first_tick_starts_a_new_session_with_the_start_prompt_and_it_runs_after_startsecs():
     rig = make_rig()
     assert rig.sup.tick() is State.STARTING
-    assert rig.spawner.current.launch == Launch("new", None, "START: read program.md")
+    launch = rig.spawner.current.launch
+    assert (launch.mode, launch.prompt) == ("new", "START: read program.md")
+    assert launch.session_id and rig.sup.snapshot().session_id == launch.session_id, "events must name the session"
     rig.clock.advance(14.9)
     assert rig.sup.tick() is State.STARTING
     rig.clock.advance(0.2)
@@ -196,6 +198,21 @@ def test_a_silent_agent_is_terminated_and_its_session_resumed():
     assert "silent for 601 s" in rig.spawner.current.launch.prompt
     assert rig.sup.snapshot().stalls == 1
     assert EventName.STALL in rig.names()
+
+
+def test_a_stall_before_any_tool_answered_backs_off_instead_of_restarting_at_once():
+    rig = make_rig()
+    rig.sup.tick()
+    rig.spawner.current.say(init("s1"))  # the session started but no tool ever answered: the API hangs
+    rig.clock.advance(rig.sup.policy.startsecs)
+    assert rig.sup.tick() is State.RUNNING
+    rig.clock.advance(601)
+    assert rig.sup.tick() is State.BACKOFF
+    assert len(rig.spawner.procs) == 1, "no restart before the backoff delay"
+    assert rig.sup.snapshot().quick_deaths == 0 and rig.sup.snapshot().stalls == 1
+    rig.clock.advance(rig.sup.policy.backoff_cap_s)
+    assert rig.sup.tick() is State.STARTING
+    assert rig.spawner.current.launch.mode == "resume" and rig.spawner.current.launch.session_id == "s1"
 
 
 def test_any_event_postpones_the_stall():
@@ -258,7 +275,8 @@ def test_repeated_failed_resumes_lead_to_a_fresh_session_with_the_handoff_prompt
     rig.sup.tick()
     assert rig.spawner.modes == ["new", "resume", "resume", "resume", "fresh"]
     fresh = rig.spawner.current.launch
-    assert fresh == Launch("fresh", None, "HANDOFF: 3 experiments so far, best val_bpb 1.02")
+    assert (fresh.mode, fresh.prompt) == ("fresh", "HANDOFF: 3 experiments so far, best val_bpb 1.02")
+    assert fresh.session_id is not None
     rig.spawner.current.say(init("s2"), TOOL_OK)
     rig.clock.advance(20)
     rig.sup.tick()
