@@ -478,9 +478,9 @@ class Supervisor:
         if launch.mode == "fresh":
             self._fresh += 1
             self._failed_resumes = 0
+            self._session_id = None  # confirmed by the session's INIT event; until then events name launch.session_id
         elif launch.mode == "resume":
             self._resumes += 1
-        self._session_id = launch.session_id
         if self._spawns > 0:
             self._restarts += 1
         self._spawns += 1
@@ -518,7 +518,8 @@ class Supervisor:
     def _emit(self, name: EventName, message: str, *, session_id: str | None = None, **details: Any) -> None:
         if self._on_event is None:
             return
-        event = SupervisorEvent(name, self._state, message, session_id or self._session_id, details)
+        launched = self._launch.session_id if self._launch is not None else None
+        event = SupervisorEvent(name, self._state, message, session_id or self._session_id or launched, details)
         try:
             self._on_event(event)
         except Exception:  # a failing sink (disk full) must not end supervision; the log still has it
@@ -529,7 +530,7 @@ class Supervisor:
         return SupervisorStatus(
             state=self._state,
             reason=self._reason,
-            session_id=self._session_id,
+            session_id=self._session_id or (self._launch.session_id if self._launch is not None else None),
             pid=self._proc.pid if self._proc is not None else None,
             uptime_s=now - self._began if self._began is not None else 0.0,
             silent_s=now - self._last_activity if self._proc is not None else None,
