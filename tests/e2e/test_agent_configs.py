@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import make_workspace
+
+from server.config import load_config
+from server.runstate import init_run
 
 from harness.mcp_config import ServerLaunch, server_launch, tool_timeout_for, toml_string, write_config
 
@@ -21,26 +25,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_BIN = REPO / ".tools" / "agents" / "node_modules" / ".bin"
-STANDIN = REPO / "tests" / "fakes" / "standin_mcp_server.py"
 TOOL_TIMEOUT_S = tool_timeout_for(600, 600)
 CLI_TIMEOUT_S = 120
 
 # The one switch between the stand-in and the real server: the real one is `python -m server serve --workspace`.
-USE_REAL_SERVER = False
-
-
 def launch_under_test(workspace: Path) -> ServerLaunch:
-    """The server the written configs start: the real launch, with the stand-in script swapped in until it exists."""
-    real = server_launch(workspace, TOOL_TIMEOUT_S, python=sys.executable)
-    if USE_REAL_SERVER:
-        return real
-    return ServerLaunch(
-        command=real.command,
-        args=[str(STANDIN), *real.args[2:]],  # drop "-m server", keep "serve --workspace ROOT"
-        env=real.env,
-        cwd=real.cwd,
-        tool_timeout_s=real.tool_timeout_s,
-    )
+    """The real server launch that `autoresearch mcp-config` writes for this workspace."""
+    return server_launch(workspace, TOOL_TIMEOUT_S, python=sys.executable)
 
 
 def agent_binary(name: str) -> str:
@@ -59,8 +50,8 @@ def sandbox(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     home = tmp_path / "home"
     workspace = tmp_path / "project"
     home.mkdir()
-    workspace.mkdir()
-    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    make_workspace(workspace)  # a real target with a run, so the agents start the real server
+    init_run(load_config(workspace), "t1")
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
