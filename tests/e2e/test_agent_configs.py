@@ -28,7 +28,7 @@ AGENT_BIN = REPO / ".tools" / "agents" / "node_modules" / ".bin"
 TOOL_TIMEOUT_S = tool_timeout_for(600, 600)
 CLI_TIMEOUT_S = 120
 
-# The one switch between the stand-in and the real server: the real one is `python -m server serve --workspace`.
+
 def launch_under_test(workspace: Path) -> ServerLaunch:
     """The real server launch that `autoresearch mcp-config` writes for this workspace."""
     return server_launch(workspace, TOOL_TIMEOUT_S, python=sys.executable)
