@@ -374,6 +374,8 @@ def run_supervised(config: Config, run: RunInfo, args: Namespace) -> int:
             signal.signal(sig, handler)
         if guard is not None:
             guard.stop()
+        if kill_marked_agents(mark):  # anything of the agent's that escaped its process group
+            log.warning("killed agent processes left after the supervisor stopped")
         engine.recover()  # an experiment the agent's server could not record (killed hard) is recorded now
         # The limits belong to this invocation: an interactive session afterwards must not inherit them.
         (run.run_dir / "limits.json").unlink(missing_ok=True)

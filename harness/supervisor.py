@@ -339,6 +339,8 @@ class Supervisor:
                 self._transition(State.STARTING, f"backoff over; {self._pending.mode} session")
                 self._spawn(self._pending, now)
         elif code is not None:
+            # The leader is gone, but its group (an MCP server, an experiment) may not be: take it all down.
+            self._proc.terminate(self.policy.stop_grace_s)
             quick = self._state is State.STARTING
             end = classify_end(self._result, self._last_kind, code)
             self._end_session(end, quick, f"exit code {code}", now)

@@ -239,10 +239,12 @@ def test_silence_during_an_experiment_is_no_stall_until_its_hard_limit_plus_grac
 # ---- Sessions that end ----
 
 
-def test_a_session_that_dies_is_resumed_at_once():
+def test_a_session_that_dies_is_resumed_at_once_and_what_it_left_running_is_taken_down():
     rig = running_rig()
-    rig.spawner.current.exit(-9)
+    dead = rig.spawner.current
+    dead.exit(-9)
     assert rig.sup.tick() is State.STARTING
+    assert dead.terminated_with is not None, "the dead agent's process group (MCP server, experiment) must be killed"
     launch = rig.spawner.current.launch
     assert (launch.mode, launch.session_id) == ("resume", "s1")
     assert "exit code -9" in launch.prompt
