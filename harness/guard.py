@@ -195,8 +195,11 @@ class FileGuard:
             mismatch = _inspect(self.config.workspace, pin)
             if mismatch is None:
                 return None
+            # The violation is on disk before the file is restored: the engine, which reads violations.jsonl once a
+            # run ends, can never find the file already restored but the violation not yet written.
+            record = self._record(pin, mismatch, trigger)
             restored, note = self._restore(pin)
-            record = self._record(pin, mismatch, restored, note, trigger)
+            record = self._finish(pin, record, restored, note)
         if self.on_violation is not None:
             try:
                 self.on_violation(record)
@@ -238,15 +241,22 @@ class FileGuard:
             self._repo = GitRepo(self.config.workspace)
         return self._repo
 
-    def _record(self, pin: Pin, mismatch: PinMismatch, restored: bool, note: str, trigger: str) -> Violation:
+    def _record(self, pin: Pin, mismatch: PinMismatch, trigger: str) -> Violation:
         experiment_id = _in_flight_id(self.run.run_dir / "inflight.json")
         record: Violation = {
             "time": _iso_now(), "source": "guard", "path": pin.path,
             "when": f"during experiment {experiment_id}" if experiment_id is not None else "between experiments",
             "experiment_id": experiment_id,
-            "detail": f"{mismatch.describe()}; {note} (file guard, on a {trigger})", "restored": restored,
+            "detail": f"{mismatch.describe()}; restoring it (file guard, on a {trigger})", "restored": True,
         }
         append_record(self.run.run_dir / "violations.jsonl", record)
+        return record
+
+    def _finish(self, pin: Pin, record: Violation, restored: bool, note: str) -> Violation:
+        """Audit the outcome; a failed restore gets a second violation record saying so."""
+        record = {**record, "detail": str(record["detail"]).replace("restoring it", note), "restored": restored}
+        if not restored:
+            append_record(self.run.run_dir / "violations.jsonl", {**record, "time": _iso_now()})
         try:
             self.audit.append("guard", "violation", status="blocked", summary=record)
         except Exception:

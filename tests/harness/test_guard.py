@@ -100,10 +100,11 @@ def test_a_locked_file_changed_in_any_way_is_restored_byte_identical_and_recorde
     record = violations[0]
     assert (record["source"], record["path"], record["experiment_id"], record["restored"]) == \
         ("guard", "prepare.py", None, True)
-    assert "restored it from the pinned copy" in record["detail"]
+    assert "restoring it" in record["detail"], "written before the restore, so no reader sees one without the other"
     audit = AuditLog(guard.run.run_dir / "audit.jsonl")
     last = audit.records()[-1]
     assert (last.actor, last.event, last.status) == ("guard", "violation", "blocked")
+    assert "restored it from the pinned copy" in last.summary["detail"]
     assert audit.verify().ok
 
 
