@@ -49,7 +49,8 @@ sys.path.insert(0, str(REPO_ROOT))
 import git  # noqa: E402
 from mcp import Client  # noqa: E402
 
-import server.engine  # noqa: E402
+import server.engine
+import server.experiment  # noqa: E402
 import server.runner  # noqa: E402
 from server.app import build_server  # noqa: E402
 from server.audit import AuditLog  # noqa: E402
@@ -180,7 +181,7 @@ def install_profile(profile: Profile) -> None:
     profile.wrap(AuditLog, "append", "step: AuditLog.append (MCP layer)")
     profile.wrap(server.engine, "check_pins", "step: check_pins (sha256 of locked files)")
     profile.wrap(server.engine, "atomic_write_text", "step: inflight.json writes")
-    profile.wrap(server.engine, "run_process", _child_label)
+    profile.wrap(server.experiment, "run_process", _child_label)
     profile.wrap(git.cmd.Git, "execute", _git_label)
     profile.wrap(os, "fsync", "fsync")
     profile.wrap(server.runner.asyncio, "create_subprocess_exec", "runner: spawn (fork+exec)")

@@ -19,9 +19,7 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,9 +42,9 @@ from server.models import (
     Reference,
     RunExperimentResult,
 )
-from server.runner import ProcessResult, is_our_group, kill_group, kill_marked, run_process
+from server.experiment import ExperimentPaths, as_float, execute, read_tail
+from server.runner import is_our_group, kill_group, kill_marked
 from server.runstate import RunInfo
-from server.summary import parse_summary
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +154,7 @@ class Engine:
                 note = None
                 if self.ledger.get(exp_id) is None:
                     log_path = Path(data["exp_dir"]) / "run.log"
-                    tail = _read_tail(log_path, self.config.tail_lines)
+                    tail = read_tail(log_path, self.config.tail_lines)
                     failure = "interrupted: the server stopped during this run (recorded when it restarted)"
                     self._append_experiment(data, status="crash", failure=failure, metric=None, verified=False,
                                             metrics={}, finished=time.time(), train_s=None, eval_s=None,
@@ -329,17 +327,22 @@ class Engine:
             inflight["marker"] = marker
             atomic_write_text(self.inflight_path, json.dumps(inflight))
 
+        def integrity_problems() -> list[str]:
+            problems = self._enforce_pins("during a run", exp_id)
+            return problems + [str(v.get("detail") or v.get("path")) for v in self._violations_since(started)]
+
+        paths = ExperimentPaths(exp_dir, self.pinned_dir, self.run_dir)
         try:
-            result = await self._execute(exp_id, exp_dir, started, on_started)
+            outcome = await execute(self.config, exp_id, paths, on_started, integrity_problems)
         except asyncio.CancelledError:
             failure = "cancelled: the client cancelled the call (or the server is stopping); the run was killed"
             self._append_experiment(inflight, status="crash", failure=failure, metric=None, verified=False,
                                     metrics={}, finished=time.time(), train_s=None, eval_s=None,
-                                    log_tail=_read_tail(exp_dir / "run.log", self.config.tail_lines),
+                                    log_tail=read_tail(exp_dir / "run.log", self.config.tail_lines),
                                     fingerprint=None, decision="discard", decision_reason=failure)
             self.inflight_path.unlink(missing_ok=True)
             raise
-        status, failure, metrics, metric, verified, train_s, eval_s, tail, fingerprint = result
+        status, failure, fingerprint = outcome.status, outcome.failure, outcome.fingerprint
         if status == "ok":
             reference = history.baseline(experiments)
             if reference is not None and reference.fingerprint and fingerprint and fingerprint != reference.fingerprint:
@@ -353,81 +356,21 @@ class Engine:
         else:
             decision = None if status == "ok" else "discard"
             reason = None if status == "ok" else f"{status}: {failure}"
-        exp = self._append_experiment(inflight, status=status, failure=failure, metric=metric, verified=verified,
-                                      metrics=metrics, finished=time.time(), train_s=train_s, eval_s=eval_s,
-                                      log_tail=tail, fingerprint=fingerprint, decision=decision,
+        exp = self._append_experiment(inflight, status=status, failure=failure,
+                                      metric=outcome.metric if status == "ok" else None, verified=outcome.verified,
+                                      metrics=outcome.metrics, finished=time.time(), train_s=outcome.train_s,
+                                      eval_s=outcome.eval_s, log_tail=outcome.tail, fingerprint=fingerprint,
+                                      decision=decision,
                                       decision_reason=reason, kept_commit=parent if decision == "keep" else None)
         self.inflight_path.unlink(missing_ok=True)
         return self._run_result(exp, experiments)
-
-    async def _execute(self, exp_id: int, exp_dir: Path, started: float, on_started) -> tuple:
-        cfg = self.config
-        placeholders = {"pinned": str(self.pinned_dir), "checkpoint": str(exp_dir / "checkpoint.pt"),
-                        "snapshot": str(exp_dir / "snapshot"), "experiment_dir": str(exp_dir),
-                        "run_dir": str(self.run_dir)}
-        env = dict(os.environ)
-        env.update(dict(cfg.env))
-        env.update({
-            "AUTORESEARCH_TIME_BUDGET": f"{cfg.time_budget_s:g}",
-            "AUTORESEARCH_EXPERIMENT_ID": str(exp_id),
-            "AUTORESEARCH_RUN_DIR": str(self.run_dir),
-            "PYTHONUNBUFFERED": "1",
-        })
-        if cfg.evaluate.mode == "checkpoint":
-            env["AUTORESEARCH_CHECKPOINT"] = placeholders["checkpoint"]
-        else:
-            env.pop("AUTORESEARCH_CHECKPOINT", None)
-        train = await run_process(cfg.expand(cfg.command, **placeholders), cwd=cfg.workspace, env=env,
-                                  log_path=exp_dir / "run.log", log_max_bytes=cfg.log_max_bytes,
-                                  timeout_s=cfg.hard_timeout_s, tail_lines=cfg.tail_lines, on_started=on_started)
-        problems = self._enforce_pins("during a run", exp_id)
-        problems += [str(v.get("detail") or v.get("path")) for v in self._violations_since(started)]
-        train_metrics = parse_summary(_read_text(exp_dir / "run.log"))
-        train_s = _as_float(train_metrics.get("training_seconds"))
-        if problems:
-            return ("invalid", "a locked file was changed during the run: " + "; ".join(problems), train_metrics,
-                    None, False, train_s, None, train.tail, None)
-        if train.outcome == "timeout":
-            return ("timeout", f"killed at the hard limit of {cfg.hard_timeout_s:g} s (budget {cfg.time_budget_s:g} s)",
-                    train_metrics, None, False, train_s, None, train.tail, None)
-        if train.returncode != 0:
-            return ("crash", _crash_reason(train), train_metrics, None, False, train_s, None, train.tail, None)
-        if cfg.evaluate.mode == "stdout":
-            metric = _as_float(train_metrics.get(cfg.metric))
-            if metric is None or not math.isfinite(metric):
-                return ("crash", f"no finite '{cfg.metric}:' line in the summary block", train_metrics, None, False,
-                        train_s, None, train.tail, None)
-            return ("ok", None, train_metrics, metric, False, train_s, None, train.tail,
-                    _fingerprint(_read_text(exp_dir / "run.log"), cfg.fingerprint_metric))
-        evaluation = await run_process(cfg.expand(cfg.evaluate.command, **placeholders), cwd=cfg.workspace,
-                                       env={k: v for k, v in env.items() if k != "AUTORESEARCH_CHECKPOINT"},
-                                       log_path=exp_dir / "eval.log", log_max_bytes=cfg.log_max_bytes,
-                                       timeout_s=cfg.evaluate.timeout_s, tail_lines=cfg.tail_lines)
-        eval_text = _read_text(exp_dir / "eval.log")
-        eval_metrics = parse_summary(eval_text)
-        eval_s = _as_float(eval_metrics.get("eval_seconds")) or evaluation.duration_s
-        metrics = {k: v for k, v in train_metrics.items() if k != cfg.metric}
-        metrics.update(eval_metrics)
-        if evaluation.outcome == "timeout":
-            return ("timeout", f"evaluation killed at its limit of {cfg.evaluate.timeout_s:g} s", metrics, None, True,
-                    train_s, eval_s, evaluation.tail, None)
-        if evaluation.returncode != 0:
-            return ("crash", "evaluation failed: " + _crash_reason(evaluation), metrics, None, True, train_s, eval_s,
-                    evaluation.tail, None)
-        metric = _as_float(eval_metrics.get(cfg.metric))
-        if metric is None or not math.isfinite(metric):
-            return ("crash", f"the evaluation printed no finite '{cfg.metric}:' line", metrics, None, True, train_s,
-                    eval_s, evaluation.tail, None)
-        metrics[cfg.metric] = metric
-        return ("ok", None, metrics, metric, True, train_s, eval_s, train.tail,
-                _fingerprint(eval_text, cfg.fingerprint_metric))
 
     def _append_experiment(self, data: dict[str, object], *, status: str, failure: str | None, metric: float | None,
                            verified: bool, metrics: dict[str, float | str], finished: float, train_s: float | None,
                            eval_s: float | None, log_tail: str, fingerprint: str | None, decision: str | None,
                            decision_reason: str | None, kept_commit: str | None = None) -> Experiment:
         started = float(data["started_at"])  # type: ignore[arg-type]
-        memory = _as_float(metrics.get(self.config.memory_metric)) if self.config.memory_metric else None
+        memory = as_float(metrics.get(self.config.memory_metric)) if self.config.memory_metric else None
         clean_metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
         exp = Experiment(
             id=int(data["id"]), tag=self.run.tag, parent=str(data["parent"]), commit=str(data["commit"]),  # type: ignore[arg-type]
@@ -566,56 +509,3 @@ class Engine:
                                        verified=a.experiment.verified) for a in rows],
             detail=detail,
         )
-
-
-# ---- helpers ----
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _read_tail(path: Path, lines: int) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
-
-
-def _as_float(value: object) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _fingerprint(text: str, key: str | None) -> str | None:
-    """Read the fingerprint as raw text: a hex digest that happens to be all digits must not become a float."""
-    if not key:
-        return None
-    found = re.findall(rf"^{re.escape(key)}:\s*(\S+)\s*$", text, flags=re.MULTILINE)
-    return found[-1] if found else None
-
-
-def _crash_reason(result: ProcessResult) -> str:
-    lines = [line for line in result.tail.splitlines() if line.strip()]
-    last = lines[-1][:200] if lines else "no output"
-    code = result.returncode
-    if code is not None and code < 0:
-        return f"killed by signal {-code}; last line: {last}"
-    return f"exit code {code}; last line: {last}"
-
-
-def python_executable() -> str:
-    return sys.executable
