@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import git  # noqa: E402
 from mcp import Client  # noqa: E402
 
-import server.engine
+import server.engine  # noqa: E402
 import server.experiment  # noqa: E402
 import server.runner  # noqa: E402
 from server.app import build_server  # noqa: E402
