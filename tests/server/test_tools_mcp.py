@@ -67,6 +67,22 @@ async def test_the_loop_runs_through_the_tools_and_every_call_is_audited(workspa
     assert AuditLog(engine.run_dir / "audit.jsonl").verify().ok
 
 
+async def test_a_worse_result_is_reverted_through_the_tools_and_keeping_it_is_impossible(workspace: Path) -> None:
+    engine = make_engine(workspace)
+    original = (workspace / "train.py").read_text()
+    async with Client(build_server(engine)) as client:
+        await client.call_tool("run_experiment", {"description": "baseline"})
+        set_constant(workspace / "train.py", "LR", "0.9")
+        worse = await client.call_tool("run_experiment", {"description": "LR 0.9"})
+        assert worse.structured_content["would_keep"] is False and worse.structured_content["delta"] > 0
+        verdict = await client.call_tool("commit_or_revert", {"experiment_id": 2, "prefer": "keep_if_better"})
+        assert verdict.structured_content["decision"] == "discard"
+        again = await client.call_tool("commit_or_revert", {"experiment_id": 2})
+        assert again.is_error and "already decided" in again.content[0].text
+    assert (workspace / "train.py").read_text() == original
+    assert [e.decision for e in engine.ledger.experiments()] == ["keep", "discard"]
+
+
 async def test_invalid_arguments_are_errors_the_agent_can_act_on(workspace: Path) -> None:
     engine = make_engine(workspace)
     async with Client(build_server(engine)) as client:
