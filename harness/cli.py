@@ -12,9 +12,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from server.audit import AuditLog, filter_records, format_record
+from server.audit import AuditError, AuditLog, filter_records, format_record
 from server.config import Config, ConfigError, load_config
 from server.engine import Engine
+from server.gitrepo import GitError
+from server.integrity import IntegrityError
+from server.jsonl import CorruptFileError
 from server.runstate import RunError, RunInfo, default_tag, init_run, load_run, set_current
 
 from harness.run_agent import HarnessError
@@ -27,6 +30,9 @@ class CliError(RuntimeError):
 
 
 # ---- shared plumbing ----
+
+# Problems a person can fix from the message alone: printed without a traceback, exit code 2.
+USER_ERRORS = (CliError, ConfigError, RunError, HarnessError, GitError, IntegrityError, AuditError, CorruptFileError)
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(args.workspace.resolve(), args.config, args.profile)
@@ -355,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _validate(args)
         return int(args.handler(args) or 0)
-    except (CliError, ConfigError, RunError, HarnessError) as exc:
+    except USER_ERRORS as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -102,3 +102,13 @@ def test_bad_flags_get_a_clear_error(workspace: Path, capsys: pytest.CaptureFixt
     full = args[:cut] + (["--workspace", str(workspace)] if "--workspace" not in args else []) + args[cut:]
     code, _, err = cli(capsys, *full)
     assert code == 2 and message in err
+
+
+def test_init_outside_a_git_repository_says_to_run_git_init(tmp_path: Path, isolated_home: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import FAKE_TARGET
+    import shutil
+
+    shutil.copytree(FAKE_TARGET, tmp_path / "plain")
+    code, _, err = cli(capsys, "init", "--workspace", str(tmp_path / "plain"), "--tag", "x")
+    assert code == 2 and "not a git repository" in err and "git init" in err and "Traceback" not in err
