@@ -48,13 +48,18 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.6f}"
 
 
-def _common(parser: argparse.ArgumentParser, tag: bool = True) -> None:
-    parser.add_argument("--workspace", type=Path, default=Path(os.environ.get("AUTORESEARCH_WORKSPACE", ".")),
+def _common(parser: argparse.ArgumentParser, tag: bool = True, inner: bool = False) -> None:
+    """The flags every command takes. `inner`: a sub-subcommand, whose defaults must not hide its parent's values."""
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if inner else value
+
+    parser.add_argument("--workspace", type=Path, default=default(Path(os.environ.get("AUTORESEARCH_WORKSPACE", "."))),
                         help="repository root (default: current directory)")
-    parser.add_argument("--config", type=Path, default=None, help="configuration file (default: pyproject.toml)")
-    parser.add_argument("--profile", default=None, help="configuration profile (default: auto: cuda, mps or cpu)")
+    parser.add_argument("--config", type=Path, default=default(None),
+                        help="configuration file (default: pyproject.toml)")
+    parser.add_argument("--profile", default=default(None), help="configuration profile (default: auto: cuda, mps or cpu)")
     if tag:
-        parser.add_argument("--tag", default=None, help="run tag (default: the most recent run)")
+        parser.add_argument("--tag", default=default(None), help="run tag (default: the most recent run)")
 
 
 # ---- commands ----
@@ -270,12 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int], tag: bool = True,
-            common: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, handler: Callable[[argparse.Namespace], int], tag: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=(handler.__doc__ or "").strip().splitlines()[0],
                            description=(handler.__doc__ or "").strip())
-        if common:
-            _common(p, tag)
+        _common(p, tag)
         p.set_defaults(handler=handler)
         return p
 
@@ -292,13 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("report", cmd_report)
     p.add_argument("--out", type=Path, default=None, help="folder for report.md and progress.png (default: the run)")
-    p = add("audit", cmd_audit, common=False)
+    p = add("audit", cmd_audit)  # the flags work before or after verify/show
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="verify|show")
     verify = audit_sub.add_parser("verify", help="check the hash chain; names the first altered, removed or reordered "
                                                  "record (exit 1 when it is broken)")
-    _common(verify)
+    _common(verify, inner=True)
     show = audit_sub.add_parser("show", help="print audit records, filtered")
-    _common(show)
+    _common(show, inner=True)
     show.add_argument("--tool", help="tool name or glob, e.g. 'run_*' or 'Edit'")
     show.add_argument("--status", help="ok, error, refused, blocked, cancelled, ...")
     show.add_argument("--actor", help="server, hook, supervisor, guard, ...")
