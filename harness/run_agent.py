@@ -34,6 +34,11 @@ from server.runstate import RunInfo
 log = logging.getLogger(__name__)
 
 AGENT_MARK_VAR = "AUTORESEARCH_AGENT_MARK"
+DISALLOWED_CLAUDE_TOOLS = (
+    "WebFetch", "WebSearch", "NotebookEdit", "Task", "TaskStop", "ListAgents", "SendMessage", "Workflow", "Skill",
+    "EnterWorktree", "ExitWorktree", "CronCreate", "CronDelete", "CronList", "ScheduleWakeup", "Monitor",
+    "ReportFindings", "ListMcpResourcesTool", "ReadMcpResourceTool", "ReadMcpResourceDirTool",
+)
 
 
 class HarnessError(RuntimeError):
@@ -135,7 +140,9 @@ class ClaudeSpawner:
         mcp = write_mcp_config(config, run)
         tools = ["mcp__autoresearch__run_experiment", "mcp__autoresearch__read_results",
                  "mcp__autoresearch__commit_or_revert", "Read", "Glob", "Grep", "Edit", "MultiEdit", "Write"]
-        disallowed = ["WebFetch", "WebSearch", "NotebookEdit", "Task"]
+        # Everything else Claude Code 2.1 offers is removed outright, not merely left unapproved: web access, sub-agents,
+        # worktrees (edits outside the workspace), schedulers and skills have no place in the loop.
+        disallowed = list(DISALLOWED_CLAUDE_TOOLS)
         if self.allow_bash:
             tools.append("Bash")
         else:

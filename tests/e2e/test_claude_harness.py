@@ -154,6 +154,12 @@ def test_a_session_runs_the_baseline_edits_runs_and_keeps_then_stops_at_the_expe
     (shown,) = show(harness, "--tool", "Edit")
     assert shown["actor"] == "hook" and shown["args"]["file_path"].endswith("train.py")
     verify(harness)
+    # The session saw only the tools the loop needs: no shell, web, sub-agents or worktrees.
+    init = next(json.loads(line) for line in (harness.run_dir / "agent" / f"{session}.jsonl").read_text().splitlines()
+                if '"subtype":"init"' in line.replace(" ", ""))
+    offered = set(init["tools"])
+    assert {"mcp__autoresearch__run_experiment", "Read", "Edit"} <= offered
+    assert not offered & {"Bash", "WebFetch", "Task", "EnterWorktree", "CronCreate", "Skill"}, sorted(offered)
 
 
 def test_attempts_to_change_the_locked_file_are_refused_recorded_and_leave_it_byte_identical(
