@@ -5,6 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.engine import Engine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_TARGET = Path(__file__).resolve().parent / "fixtures" / "fake_target"
@@ -45,3 +49,14 @@ def set_constant(path: Path, name: str, value: str) -> None:
     else:
         raise KeyError(name)
     path.write_text("".join(lines), encoding="utf-8")
+
+
+def make_engine(workspace: Path, tag: str = "t1") -> "Engine":
+    """Initialise run `tag` on a workspace and open the engine for it, as `autoresearch init` + the server do."""
+    from server.config import load_config
+    from server.engine import Engine
+    from server.runstate import init_run, load_run
+
+    config = load_config(workspace)
+    init_run(config, tag)
+    return Engine(config, load_run(config, tag))

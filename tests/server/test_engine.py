@@ -13,16 +13,12 @@ from pathlib import Path
 import pytest
 
 from helpers import git, set_constant
+from helpers import make_engine as open_engine
 from server.config import load_config
 from server.engine import Engine, InvalidArgument, Refusal
 from server.runner import marked_alive
 from server.runstate import init_run, load_run
 
-
-def open_engine(workspace: Path, tag: str = "t1") -> Engine:
-    config = load_config(workspace)
-    init_run(config, tag)
-    return Engine(config, load_run(config, tag))
 
 
 def run(engine: Engine, description: str = "an experiment", hypothesis: str | None = None):

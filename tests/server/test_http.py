@@ -23,13 +23,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from helpers import REPO_ROOT, git, set_constant  # not "conftest": tests/e2e has one too
+from helpers import REPO_ROOT, git, make_engine, set_constant  # not "conftest": tests/e2e has one too
 from server import http as server_http
 from server.audit import AuditLog
-from server.config import load_config
 from server.engine import Engine
 from server.http import HttpPolicy, HttpSetupError, build_http_app, decide_token, serve_http, uvicorn_config
-from server.runstate import init_run, load_run
 
 pytestmark = pytest.mark.anyio
 
@@ -44,11 +42,6 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 def anyio_backend() -> str:
     return "asyncio"
 
-
-def make_engine(workspace: Path, tag: str = "t1") -> Engine:
-    config = load_config(workspace)
-    init_run(config, tag)
-    return Engine(config, load_run(config, tag))
 
 
 @dataclass(frozen=True)

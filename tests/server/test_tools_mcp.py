@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -12,12 +11,9 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from helpers import REPO_ROOT, set_constant
+from helpers import REPO_ROOT, make_engine, set_constant
 from server.app import build_server
 from server.audit import AuditLog
-from server.config import load_config
-from server.engine import Engine
-from server.runstate import init_run, load_run
 
 pytestmark = pytest.mark.anyio
 
@@ -26,11 +22,6 @@ pytestmark = pytest.mark.anyio
 def anyio_backend() -> str:
     return "asyncio"
 
-
-def make_engine(workspace: Path, tag: str = "t1") -> Engine:
-    config = load_config(workspace)
-    init_run(config, tag)
-    return Engine(config, load_run(config, tag))
 
 
 async def test_the_server_lists_exactly_the_three_tools_with_their_schemas(workspace: Path) -> None:
