@@ -704,7 +704,7 @@ def save_checkpoint(model: Any, path: str | os.PathLike[str], model_config: Any 
         model.train(was_training)
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
+    tmp = dest.with_name(dest.name + ".tmp.pt2")
     torch.export.save(program, tmp)
     os.replace(tmp, dest)
     return dest

@@ -125,7 +125,8 @@ def build_argv(spec: SandboxSpec, argv: Sequence[str], cwd_inside: str | None = 
             out += ["--symlink", os.readlink(d), d]
         else:
             out += ["--ro-bind", d, d]
-    out += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/var/tmp"]
+    out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--dir",
+            "/var/tmp"]
     # bwrap makes missing mount points 0700 root; the unprivileged user must be able to walk to what is bound.
     targets = [*python_paths(), *spec.read_only, *(Path(i) for _, i in spec.binds), Path(spec.work_inside),
                *(Path(i) for _, i in spec.extra_rw)]
