@@ -45,6 +45,7 @@ from server.models import (
 from server.experiment import ExperimentPaths, as_float, execute, read_tail
 from server.runner import is_our_group, kill_group, kill_marked
 from server.runstate import RunInfo
+from server.text import UnsafeText, check_agent_text
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,13 @@ def _iso(ts: float) -> str:
 
 
 def _clean(value: object, name: str, *, min_len: int, max_len: int) -> str:
+    """Agent text as stored: whitespace folded to single spaces, control characters refused (see server/text.py)."""
     if not isinstance(value, str):
         raise InvalidArgument(f"{name} must be a string, got {type(value).__name__}")
+    try:
+        check_agent_text(value, name)
+    except UnsafeText as exc:
+        raise InvalidArgument(str(exc)) from None
     text = " ".join(value.split())
     if len(text) < min_len:
         raise InvalidArgument(f"{name} is too short ({len(text)} chars): say in {min_len}+ characters what changed")
@@ -431,7 +437,9 @@ class Engine:
                     raise Refusal(
                         f"experiment {experiment_id} was already decided ({exp.decision}); "
                         + (f"experiment {target.id} is the one pending" if target else "nothing is pending")
-                        + ". Call commit_or_revert without experiment_id to restore the best code.")
+                        + (". Call commit_or_revert without experiment_id to decide it." if target else
+                           ". Call commit_or_revert with prefer='revert' (and no experiment_id) to restore the best "
+                           "code."))
                 target = exp
             tip = self.repo.branch_tip(self.run.branch)
             best = history.best_kept(experiments)
