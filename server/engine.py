@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from server import history
+from server.agent_files import is_agent_config
 from server.audit import AuditLog
 from server.config import Config
 from server.gitrepo import GitRepo
@@ -235,7 +236,8 @@ class Engine:
         mutable = set(self.config.mutable)
         runs_rel = self._runs_rel()
         stray = [p for p in self.repo.dirty_paths()
-                 if p not in mutable and not (runs_rel and (p == runs_rel or p.startswith(runs_rel + "/")))]
+                 if p not in mutable and not (runs_rel and (p == runs_rel or p.startswith(runs_rel + "/")))
+                 and not is_agent_config(self.config.workspace, p)]
         if stray:
             raise Refusal(
                 f"files other than the mutable ones ({', '.join(self.config.mutable)}) differ from the last commit: "

@@ -30,7 +30,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.app import build_server
+from server.app import EngineSlot, build_server
 from server.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ class HttpGuard:
         await rejection.send(send)
 
 
-def build_http_app(engine: Engine, *, host: str, port: int, token: str | None,
+def build_http_app(engine: Engine | EngineSlot, *, host: str, port: int, token: str | None,
                    max_body_bytes: int = MAX_BODY_BYTES) -> ASGIApp:
     """The MCP app at `/mcp` behind `HttpGuard`; `token` is enforced as given (see `decide_token` for the default)."""
     policy = HttpPolicy.for_bind(host, port, token, max_body_bytes)
@@ -258,7 +258,8 @@ def uvicorn_config(app: ASGIApp, *, host: str, port: int) -> uvicorn.Config:
                           lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
 
 
-def serve_http(engine: Engine, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> int:
+def serve_http(engine: Engine | EngineSlot, *, host: str = "127.0.0.1", port: int = 8765,
+               token: str | None = None) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit status (2 when the address or token is unusable)."""
     try:
         decision = decide_token(host, token)
