@@ -306,3 +306,35 @@ async def test_sigterm_during_an_experiment_over_http_kills_the_run_and_records_
     assert exp is not None and exp.status == "crash" and "cancelled" in (exp.failure or "")
     assert not (engine.run_dir / "inflight.json").exists()
     assert AuditLog(engine.run_dir / "audit.jsonl").verify().ok
+
+
+async def test_a_connection_that_never_finishes_its_headers_is_answered_408_and_closed(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_http.HeaderTimeoutProtocol, "header_timeout_s", 0.5)
+    engine = make_engine(workspace)
+    with serving(engine, TOKEN) as running:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # and never the rest
+            received = b""
+            while chunk := sock.recv(4096):  # bounded by the socket timeout: the server must close first
+                received += chunk
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as idle:
+            assert idle.recv(4096).startswith(b"HTTP/1.1 408"), "a connection that sends nothing is closed too"
+        served = post(running.url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout")
+    assert b"request headers not complete within 0.5 s" in received
+    assert served.status_code == 200, "a normal request after the deadline is still served"
+
+
+async def test_host_and_origin_in_capitals_are_accepted_by_both_checks(workspace: Path) -> None:
+    engine = make_engine(workspace)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with serving(engine, TOKEN) as running:
+        upper = post(running.url, headers={**auth, "Host": f"LOCALHOST:{running.port}",
+                                           "Origin": f"HTTP://LocalHost:{running.port}"})
+        foreign = post(running.url, headers={**auth, "Host": f"EVIL.example:{running.port}"})
+        mismatched = post(running.url, headers={**auth, "Host": f"LOCALHOST:{running.port}",
+                                                "Origin": "HTTP://EVIL.EXAMPLE"})
+    assert upper.status_code == 200, upper.text  # the SDK's exact-match check behind ours sees the lower-cased names
+    assert foreign.status_code == 421 and "does not name this server" in error_message(foreign)
+    assert mismatched.status_code == 403 and "HTTP://EVIL.EXAMPLE" in error_message(mismatched)
