@@ -53,7 +53,8 @@ def render_markdown(tag: str, metric: str, direction: str, experiments: list[Exp
     ]
     unverified = sum(1 for e in experiments if e.status == "ok" and not e.verified)
     if unverified:
-        lines.append(f"- {_count(unverified, 'result')} {'is' if unverified == 1 else 'are'} UNVERIFIED (compatibility mode: the metric was printed by the script)")
+        lines.append(f"- {_count(unverified, 'result')} {'is' if unverified == 1 else 'are'} UNVERIFIED "
+                     "(compatibility mode: the metric was printed by the script)")
     kept = [a for a in history.annotate(experiments)
             if a.experiment.decision == "keep" and not a.experiment.is_baseline and a.delta is not None]
     sign = 1 if direction == "minimize" else -1
