@@ -80,3 +80,15 @@ async def test_the_stdio_server_starts_before_init_and_answers_with_how_to_start
         view = await client.call_tool("read_results", {})
         assert not view.is_error and view.structured_content["tag"] == "t1"
     assert (workspace / "runs" / "t1" / "server.log").exists(), "the run's log starts once the run is opened"
+
+
+async def test_over_http_without_a_run_the_tools_are_listed_and_each_call_says_how_to_start_one(
+        workspace: Path) -> None:
+    from test_http import mcp_client, serving
+
+    slot = open_slot(workspace, None, None, None)
+    with serving(slot, None) as running:  # type: ignore[arg-type]
+        async with mcp_client(running.url, None) as client:
+            assert {t.name for t in (await client.list_tools()).tools} == TOOLS
+            result = await client.call_tool("commit_or_revert", {})
+    assert result.is_error and "autoresearch init --tag TAG" in result.content[0].text

@@ -32,6 +32,8 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("run_experiment", {"description": "more steps", "time_budget_s": 99999},
      ["does not take 'time_budget_s'", "99999", "fixed by the server", "its arguments are description, hypothesis"]),
     ("commit_or_revert", {"force_keep": True}, ["does not take 'force_keep'", "true", "only the rule decides"]),
+    ("read_results", {"last_n": 5, "include_diffs": True}, ["does not take 'include_diffs'",
+                                                             "its arguments are last_n, status, experiment_id"]),
     ("read_results", {"last_n": "5"}, ["last_n must be an integer from 1 to 200", '"5"', "a string"]),
     ("read_results", {"last_n": 5.0}, ["last_n must be an integer", "5.0", "floating-point"]),
     ("read_results", {"last_n": True}, ["last_n must be an integer", "true", "a boolean"]),
@@ -172,3 +174,14 @@ async def test_every_malformed_call_is_refused_audited_and_records_nothing_over_
     with serving(engine, TOKEN) as running:
         async with mcp_client(running.url, TOKEN) as client:
             await check_refusals(client, engine)
+
+
+async def test_audit_show_prints_refused_agent_text_escaped(workspace: Path) -> None:
+    from server.audit import format_record
+
+    engine = make_engine(workspace)
+    async with Client(build_server(engine)) as client:
+        await client.call_tool("run_experiment", {"description": "csi \x9b2J and \u202e and \x1b[2J"})
+    line = format_record(engine.audit.records()[-1], width=400)
+    assert "\x9b" not in line and "\u202e" not in line and "\x1b" not in line
+    assert "\\x9b2J" in line and "\\u202e" in line
