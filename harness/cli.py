@@ -12,13 +12,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from server import history
 from server.audit import AuditError, AuditLog, filter_records, format_record
 from server.config import Config, ConfigError, load_config
 from server.engine import Engine
 from server.gitrepo import GitError
 from server.integrity import IntegrityError
 from server.jsonl import CorruptFileError
+from server.models import ExperimentRow
 from server.runstate import RunError, RunInfo, default_tag, init_run, load_run, set_current
+from server.text import for_terminal
 
 from harness.run_agent import HarnessError
 
@@ -131,16 +134,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     """The experiments of a run, one line each (the ledger, not the agent's view)."""
     config, run, engine = _open(args)
-    view = engine.read_results(last_n=args.last)
+    rows = [ExperimentRow(id=a.experiment.id, status=a.experiment.status, metric=a.experiment.metric, delta=a.delta,
+                          decision=a.decision, description=a.experiment.description,  # type: ignore[arg-type]
+                          verified=a.experiment.verified) for a in history.annotate(engine.ledger.experiments())]
+    total = len(rows)
+    if not args.all:
+        rows = rows[-args.last:]
     if args.json:
+        view = engine.read_results(last_n=1).model_copy(update={"experiments": rows})
         print(view.model_dump_json(indent=2))
         return 0
-    print(f"{'id':>4}  {'status':8} {config.metric:>10} {'delta':>10}  {'decision':8}  description")
-    for row in view.experiments:
+    print(f"{'id':>4}  {'status':8} {for_terminal(config.metric):>10} {'delta':>10}  {'decision':8}  description")
+    for row in rows:
         delta = "-" if row.delta is None else f"{row.delta:+.6f}"
-        mark = "" if row.verified else " [unverified]"
+        # compatibility mode: the script printed its own metric; a failed run has no metric to doubt
+        mark = " [unverified]" if row.status == "ok" and not row.verified else ""
         print(f"{row.id:>4}  {row.status:8} {_fmt(row.metric):>10} {delta:>10}  {row.decision:8}  "
-              f"{row.description}{mark}")
+              f"{for_terminal(row.description)}{mark}")
+    if len(rows) < total:
+        print(f"(the last {len(rows)} of {total} experiments; --all lists every one)", file=sys.stderr)
     return 0
 
 
@@ -291,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status)
     p.add_argument("--json", action="store_true")
     p = add("results", cmd_results)
-    p.add_argument("--last", type=int, default=200, help="how many experiments (default 200)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--last", type=int, default=200, help="the last N experiments (default 200)")
+    shown.add_argument("--all", action="store_true", help="every experiment of the run")
     p.add_argument("--json", action="store_true")
     p = add("report", cmd_report)
     p.add_argument("--out", type=Path, default=None, help="folder for report.md and progress.png (default: the run)")

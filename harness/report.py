@@ -47,12 +47,14 @@ def render_markdown(tag: str, metric: str, direction: str, experiments: list[Exp
         "",
         f"- Experiments: {counts['total']} ({counts['ok']} ok, {counts['crash']} crashed, {counts['timeout']} timed "
         f"out, {counts['invalid']} invalid)",
-        f"- Kept: {counts['kept'] - (1 if base else 0)} changes (plus the baseline); discarded: {counts['discarded']}",
+        f"- Kept: {_count(counts['kept'] - (1 if base else 0), 'change')} (plus the baseline); discarded: "
+        f"{counts['discarded']}",
         f"- Time: {_hours(span)} wall clock, {_hours(busy)} inside experiments",
     ]
     unverified = sum(1 for e in experiments if e.status == "ok" and not e.verified)
     if unverified:
-        lines.append(f"- {unverified} results are UNVERIFIED (compatibility mode: the metric was printed by the script)")
+        lines.append(f"- {_count(unverified, 'result')} {'is' if unverified == 1 else 'are'} UNVERIFIED "
+                     "(compatibility mode: the metric was printed by the script)")
     kept = [a for a in history.annotate(experiments)
             if a.experiment.decision == "keep" and not a.experiment.is_baseline and a.delta is not None]
     sign = 1 if direction == "minimize" else -1
@@ -129,3 +131,8 @@ def write_report(run_dir: Path, tag: str, metric: str, direction: str, experimen
         text += "\n![progress](progress.png)\n"
     markdown.write_text(text, encoding="utf-8")
     return ReportFiles(markdown, plot)
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 change`, `2 changes`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

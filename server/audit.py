@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from server import jsonl
+from server.text import for_terminal
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +302,6 @@ def format_record(record: AuditRecord, width: int = 80) -> str:
         parts.append(f"{record.duration_ms:.0f}ms")
     for label, payload in (("args", record.args), ("summary", record.summary)):
         if payload:
-            text = _compact_json(payload)
+            text = for_terminal(_compact_json(payload))  # refused calls keep raw agent text; show it escaped
             parts.append(f"{label}={text if len(text) <= width else text[:width - 3] + '...'}")
     return "  ".join(parts)

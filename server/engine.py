@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from server import history
+from server.agent_files import is_agent_config
 from server.audit import AuditLog
 from server.config import Config
 from server.gitrepo import GitRepo
@@ -46,6 +47,7 @@ from server import sandbox
 from server.experiment import ExperimentPaths, Plan, as_float, execute, read_tail
 from server.runner import is_our_group, kill_group, kill_marked
 from server.runstate import RunInfo, frozen_config, private_dir
+from server.text import UnsafeText, check_agent_text
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,13 @@ def _iso(ts: float) -> str:
 
 
 def _clean(value: object, name: str, *, min_len: int, max_len: int) -> str:
+    """Agent text as stored: whitespace folded to single spaces, control characters refused (see server/text.py)."""
     if not isinstance(value, str):
         raise InvalidArgument(f"{name} must be a string, got {type(value).__name__}")
+    try:
+        check_agent_text(value, name)
+    except UnsafeText as exc:
+        raise InvalidArgument(str(exc)) from None
     text = " ".join(value.split())
     if len(text) < min_len:
         raise InvalidArgument(f"{name} is too short ({len(text)} chars): say in {min_len}+ characters what changed")
@@ -235,7 +242,8 @@ class Engine:
         mutable = set(self.config.mutable)
         runs_rel = self._runs_rel()
         stray = [p for p in self.repo.dirty_paths()
-                 if p not in mutable and not (runs_rel and (p == runs_rel or p.startswith(runs_rel + "/")))]
+                 if p not in mutable and not (runs_rel and (p == runs_rel or p.startswith(runs_rel + "/")))
+                 and not is_agent_config(self.config.workspace, p)]
         if stray:
             raise Refusal(
                 f"files other than the mutable ones ({', '.join(self.config.mutable)}) differ from the last commit: "
@@ -455,7 +463,9 @@ class Engine:
                     raise Refusal(
                         f"experiment {experiment_id} was already decided ({exp.decision}); "
                         + (f"experiment {target.id} is the one pending" if target else "nothing is pending")
-                        + ". Call commit_or_revert without experiment_id to restore the best code.")
+                        + (". Call commit_or_revert without experiment_id to decide it." if target else
+                           ". Call commit_or_revert with prefer='revert' (and no experiment_id) to restore the best "
+                           "code."))
                 target = exp
             tip = self.repo.branch_tip(self.run.branch)
             best = history.best_kept(experiments)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from server.agent_files import is_agent_config
 from server.config import Config, config_from_table, expand_env_refs
 from server.gitrepo import GitRepo
 from server.sandbox import probe as sandbox_probe
@@ -187,7 +188,7 @@ def init_run(config: Config, tag: str, *, allow_unsealed: bool = False) -> RunIn
     if (run_dir / "run.json").exists():
         raise RunError(f"{run_dir} already holds a run: choose another tag or delete that folder")
     _ensure_runs_ignored(config)
-    dirty = [p for p in repo.dirty_paths() if not _inside(config, p)]
+    dirty = [p for p in repo.dirty_paths() if not _inside(config, p) and not is_agent_config(config.workspace, p)]
     if dirty:
         shown = ", ".join(dirty[:8]) + (" ..." if len(dirty) > 8 else "")
         raise RunError(
