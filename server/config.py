@@ -47,6 +47,10 @@ _TOP_KEYS = (
 _PROFILE_KEYS = tuple(k for k in _TOP_KEYS if k not in ("profile", "profiles"))
 _EVALUATE_KEYS = ("mode", "command", "timeout_s")
 _REQUIRED = ("mutable", "command", "metric", "direction", "time_budget_s", "hard_timeout_s")
+# Who may move a run's result beyond its branch; top level only (a machine profile must not change who approves).
+_AUTONOMY_KEYS = ("autonomy", "auto_promote")
+AUTONOMY_LEVELS = ("observe", "propose", "auto-promote")
+_AUTO_PROMOTE_KEYS = ("max_lines", "min_gain", "min_noise_floors")
 
 
 class ConfigError(ValueError):
@@ -60,6 +64,15 @@ class EvaluateConfig:
     mode: Literal["checkpoint", "stdout"]
     command: tuple[str, ...]
     timeout_s: float
+
+
+@dataclass(frozen=True)
+class AutoPromoteLimits:
+    """The written limits of ``autonomy = "auto-promote"``: a kept change outside any of them waits for a person."""
+
+    max_lines: int = 20  # lines added plus removed by the one change
+    min_gain: float = 0.0  # it must beat the best before it by at least this much (absolute)
+    min_noise_floors: float = 2.0  # ... and by this many noise floors; needs a noise floor in the ledger unless 0
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,8 @@ class Config:
     fingerprint_metric: str | None = "corpus_fingerprint"
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     profile: str = ""
+    autonomy: Literal["observe", "propose", "auto-promote"] = "propose"
+    auto_promote: AutoPromoteLimits = field(default_factory=AutoPromoteLimits)
 
     def improves(self, candidate: float, best: float) -> bool:
         """True when ``candidate`` beats ``best`` by strictly more than ``min_improvement``; a tie never wins."""
@@ -180,7 +195,7 @@ def load_config(
         raise ConfigError(f"workspace {ws} is not a directory; pass the directory that holds your experiment")
     source, table, prefix = _read_source(ws, path)
     v = _Validator(source, prefix)
-    v.check_keys(table, _TOP_KEYS, "")
+    v.check_keys(table, _TOP_KEYS + _AUTONOMY_KEYS, "")
 
     profiles = table.get("profiles", {})
     v.require_table(profiles, "profiles")
@@ -421,6 +436,21 @@ def _build(ws: Path, source: Path, d: dict[str, Any], profile: str, v: _Validato
         fingerprint_metric=v.optional_name(d.get("fingerprint_metric", "corpus_fingerprint"), "fingerprint_metric"),
         env=MappingProxyType(dict(env)),
         profile=profile,
+        autonomy=v.choice(d.get("autonomy", "propose"), "autonomy", AUTONOMY_LEVELS),  # type: ignore[arg-type]
+        auto_promote=_auto_promote(d.get("auto_promote", {}), v),
+    )
+
+
+def _auto_promote(table: Any, v: _Validator) -> AutoPromoteLimits:
+    v.require_table(table, "auto_promote")
+    v.check_keys(table, _AUTO_PROMOTE_KEYS, "auto_promote.")
+    defaults = AutoPromoteLimits()
+    return AutoPromoteLimits(
+        max_lines=v.integer(table.get("max_lines", defaults.max_lines), "auto_promote.max_lines", 1),
+        min_gain=v.number(table.get("min_gain", defaults.min_gain), "auto_promote.min_gain", minimum=0.0,
+                          exclusive=False),
+        min_noise_floors=v.number(table.get("min_noise_floors", defaults.min_noise_floors),
+                                  "auto_promote.min_noise_floors", minimum=0.0, exclusive=False),
     )
 
 

@@ -37,9 +37,11 @@ class RunInfo:
     profile: str
     created_at: str
     run_dir: Path
+    base_branch: str | None = None  # the branch checked out at init (None: a detached HEAD, or an older run)
 
     def to_json(self) -> dict[str, object]:
         return {
+            "base_branch": self.base_branch,
             "tag": self.tag,
             "branch": self.branch,
             "base_commit": self.base_commit,
@@ -59,6 +61,7 @@ class RunInfo:
             profile=str(data.get("profile", "")),
             created_at=str(data["created_at"]),
             run_dir=run_dir,
+            base_branch=str(data["base_branch"]) if data.get("base_branch") else None,
         )
 
 
@@ -124,6 +127,7 @@ def init_run(config: Config, tag: str) -> RunInfo:
             "from a commit that holds exactly what will be measured"
         )
     base = repo.head_commit()
+    base_branch = repo.current_branch()  # where `autoresearch promote` lands the approved changes
     pins = pin_files(repo, config.locked, base)
     repo.create_branch(branch, base)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +141,7 @@ def init_run(config: Config, tag: str) -> RunInfo:
         profile=config.profile,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         run_dir=run_dir,
+        base_branch=base_branch,
     )
     atomic_write_text(run_dir / "run.json", json.dumps(info.to_json(), indent=2) + "\n")
     set_current(config, tag)
