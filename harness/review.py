@@ -199,13 +199,18 @@ def select(changes: list[Change] | tuple[Change, ...], only: str | None) -> list
 
 def promote_run(config: Config, run: RunInfo, only: str | None = None, onto: str | None = None) -> PromotionResult:
     experiments = Ledger(run.run_dir, metric_name=config.metric).experiments()
-    changes = select(run_changes(config.workspace, run, experiments), only)
+    audit = AuditLog(run.run_dir / "audit.jsonl")
     branch = onto or run.base_branch
-    if branch is None:
-        raise PromotionError(f"run {run.tag} recorded no base branch (it started on a detached HEAD or before "
-                             "branches were recorded); pass the branch with --onto BRANCH")
-    return promote(config, run, changes, branch=branch, actor="cli", user=reviewer(),
-                   audit=AuditLog(run.run_dir / "audit.jsonl"))
+    try:
+        changes = select(run_changes(config.workspace, run, experiments), only)
+        if branch is None:
+            raise PromotionError(f"run {run.tag} recorded no base branch (it started on a detached HEAD or before "
+                                 "branches were recorded); pass the branch with --onto BRANCH")
+    except PromotionError as exc:  # refusals are audited, whatever their cause
+        audit.append("cli", "promote", status="refused",
+                     summary={"tag": run.tag, "branch": branch, "only": only, "user": reviewer(), "reason": str(exc)})
+        raise
+    return promote(config, run, changes, branch=branch, actor="cli", user=reviewer(), audit=audit)
 
 
 def reject_run(run: RunInfo, reason: str, only: str | None = None) -> dict[str, object]:
