@@ -5,7 +5,7 @@
 
 The prompt is the system prompt; each case's `input` is the user message. The model is called through the
 `anthropic` SDK: `ANTHROPIC_BASE_URL` (a proxy, a gateway, or a fake API in tests), `ANTHROPIC_API_KEY`, and the model
-from `AUTORESEARCH_PROMPT_MODEL`, else `ANTHROPIC_MODEL`, else DEFAULT_MODEL; temperature 0. The checks are plain code
+from `AUTORESEARCH_PROMPT_MODEL`, else `ANTHROPIC_MODEL`, else DEFAULT_MODEL. The checks are plain code
 (contains, not_contains, max_words, min_words, starts_with, ends_with, regex), so the same replies always score the
 same; what varies between runs is only the model. `pass_rate` = checks passed / checks run, higher is better.
 """
@@ -67,7 +67,7 @@ def passes(check: dict, reply: str, case: dict) -> bool:
 
 
 def ask(client, model: str, system: str, user: str) -> str:
-    response = client.messages.create(model=model, max_tokens=MAX_TOKENS, temperature=0, system=system,
+    response = client.messages.create(model=model, max_tokens=MAX_TOKENS, system=system,
                                       messages=[{"role": "user", "content": user}])
     return "".join(getattr(block, "text", "") for block in response.content)
 
