@@ -19,7 +19,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from fakes.fake_anthropic import FakeAnthropic, RecordedRequest
 from harness.cli import main
-from harness.templates import PROJECT_ROOT, TEMPLATES, TemplateError, scaffold
+from harness.templates import PROJECT_ROOT, TEMPLATES, TEMPLATES_DIR, TemplateError, scaffold
 from server.config import load_config
 from server.ledger import Ledger
 
@@ -172,6 +172,15 @@ def test_the_ml_template_is_the_projects_own_prepare_and_train_pair(tmp_path: Pa
     created = scaffold("ml", tmp_path / "ml", git_init=False)
     for name in ("prepare.py", "train.py", "program.md"):
         assert (created.directory / name).read_bytes() == (PROJECT_ROOT / name).read_bytes()
+
+
+def test_the_ml_templates_configuration_is_the_projects_own(tmp_path: Path) -> None:
+    """The template's autoresearch.toml repeats [tool.autoresearch] of pyproject.toml; a change to one needs the other."""
+    import tomllib
+
+    template = tomllib.loads((TEMPLATES_DIR / "ml" / "autoresearch.toml").read_text(encoding="utf-8"))
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["autoresearch"]
+    assert template == project
 
 
 def test_new_refuses_a_directory_that_holds_files_and_an_unknown_template(tmp_path: Path, isolated_home: Path,
