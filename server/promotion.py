@@ -169,6 +169,13 @@ def promote(config: Config, run: RunInfo, changes: list[Change], *, branch: str,
     if not todo:
         raise refuse("experiment(s) " + ", ".join(f"{i} (audit seq {done[i]})" for i in skipped)
                      + f" were already promoted onto {branch}; nothing left to promote")
+    for change in todo:  # the ledger is not hash-chained: never trust it to name a change that only edits mutable files
+        touched = _git(workspace, "diff", "--name-only", "--no-renames", change.parent, change.commit).split()
+        outside = sorted(set(touched) - set(config.mutable))
+        if outside:
+            raise refuse(f"experiment {change.experiment.id}'s commit {change.commit[:12]} changes "
+                         f"{', '.join(outside)}, which the run may not change (mutable: {', '.join(config.mutable)}); "
+                         "the ledger or the run's commits were altered. Nothing was promoted; inspect them with git.")
     repo.ensure_identity()
     old_tip = repo.branch_tip(branch)
     current = old_tip

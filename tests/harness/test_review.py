@@ -120,6 +120,25 @@ def test_promote_refuses_after_the_audit_chain_was_tampered_with(workspace: Path
     assert "audit: BROKEN" in capsys.readouterr().out
 
 
+def test_promote_refuses_a_ledger_edited_to_name_a_commit_that_changes_a_locked_file(
+        workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    engine = reviewed_run(workspace)
+    base = git(workspace, "rev-parse", "main")
+    kept = engine.ledger.get(4).kept_commit
+    git(workspace, "checkout", "-q", "--detach", kept)
+    (workspace / "prepare.py").write_text("def score(params):\n    return 0.0\n", encoding="utf-8")
+    git(workspace, "commit", "-qam", "forged")
+    forged = git(workspace, "rev-parse", "HEAD")
+    git(workspace, "checkout", "-q", engine.run.branch)
+    engine.ledger.path.write_text(engine.ledger.path.read_text(encoding="utf-8").replace(kept, forged),
+                                  encoding="utf-8")
+
+    assert cli(workspace, "promote", "--tag", "t1") == 2
+
+    assert "changes prepare.py, which the run may not change" in capsys.readouterr().err
+    assert git(workspace, "rev-parse", "main") == base
+
+
 def test_promote_only_lands_the_chosen_changes_and_refuses_one_that_needs_an_earlier_change(
         workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     engine = reviewed_run(workspace)
