@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -62,6 +63,22 @@ def solve(values: list[int]) -> int:
 
 if __name__ == "__main__":
     print(solve([3, 1, 2]))
+'''
+
+HANDED_OFF = '''"""Hands the work to a process it never waits for, hoping only its own CPU time is counted."""
+import json
+import subprocess
+import sys
+
+NAIVE = "import json,sys\\nv=json.loads(sys.stdin.read())\\nprint(sum(1 for i in range(len(v)) for j in range(i+1,len(v)) if v[i]>v[j]))"
+
+
+def solve(values: list[int]) -> int:
+    helper = subprocess.Popen([sys.executable, "-c", NAIVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    helper.stdin.write(json.dumps(values))
+    helper.stdin.close()
+    return int(helper.stdout.read())
 '''
 
 BETTER_PROMPT = """You are a customer support assistant for an online shop. Greet the customer by name. Keep every
@@ -214,6 +231,25 @@ def test_a_speed_target_keeps_a_real_speed_up_and_rejects_a_wrong_but_fast_chang
     assert main(["promote", "--workspace", str(workspace), "--tag", "t1"]) == 0
     assert git(workspace, "show", "main:target.py") + "\n" == MERGE_SORT
     assert "speedup" in git(workspace, "log", "-1", "--format=%s", "main")
+
+
+@pytest.mark.slow
+def test_the_speed_evaluation_counts_work_handed_to_another_process(tmp_path: Path, isolated_home: Path) -> None:
+    workspace = scaffold("speed", tmp_path / "speed", git_init=False).directory
+    (workspace / "handed_off.py").write_text(HANDED_OFF, encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(workspace / "evaluate.py"), str(workspace / "handed_off.py")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    speedup = float(re.search(r"^speedup:\s+(\S+)", proc.stdout, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    assert proc.returncode == 0 and speedup < 1.0  # the same O(n^2) work plus a process start: never a speed-up
+
+
+def test_the_prompt_evaluation_without_an_api_key_fails_saying_what_to_set(tmp_path: Path, isolated_home: Path) -> None:
+    workspace = scaffold("prompt", tmp_path / "prompt", git_init=False).directory
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    proc = subprocess.run([sys.executable, str(workspace / "evaluate.py"), "score", str(workspace / "prompt.md")],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert proc.returncode == 1
+    assert "FAIL: ANTHROPIC_API_KEY is not set; set it (and ANTHROPIC_BASE_URL for a proxy)" in proc.stdout
 
 
 @pytest.mark.slow
