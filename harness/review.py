@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server import history
-from server.audit import AuditLog, AuditVerdict
+from server.audit import AuditLog, AuditRecord, AuditVerdict
 from server.config import Config
 from server.jsonl import append_record, read_records
 from server.ledger import Experiment, Ledger, utc_now_iso
@@ -94,7 +94,7 @@ def _git_diff(workspace: Path, a: str, b: str) -> str:
     return proc.stdout if proc.returncode == 0 else f"(git diff failed: {proc.stderr.strip()})"
 
 
-def _cost(run_dir: Path, records: list) -> float | None:  # type: ignore[type-arg]
+def _cost(run_dir: Path, records: list[AuditRecord]) -> float | None:
     """The agent's cost: the live supervisor file, else the last supervisor audit record that carries one."""
     try:
         value = json.loads((run_dir / "supervisor.json").read_text(encoding="utf-8")).get("cost_usd")
