@@ -280,6 +280,77 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_report(args)
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    """What a person approves: diff base..best, each kept change with its gain, holdout, audit, violations, cost."""
+    from harness.review import build_review, render_review, render_step
+
+    config = _load(args)
+    run = load_run(config, args.tag)
+    review = build_review(config, run)
+    if not args.step:
+        print(render_review(review))
+        return 0 if review.verdict.ok else 1
+    total = len(review.changes)
+    for change in review.changes:
+        print(f"---- change {change.number} of {total} ----")
+        print(render_step(change, config.metric, review.promoted))
+        if change.number < total and sys.stdin.isatty():
+            try:
+                answer = input("[enter] next change, q to stop: ")
+            except EOFError:
+                break
+            if answer.strip().lower() == "q":
+                break
+    return 0 if review.verdict.ok else 1
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Land the run's kept changes (or --only N,M) on the branch the run started from, one commit each, audited."""
+    from harness.review import promote_run
+    from server.promotion import PromotionError
+
+    config = _load(args)
+    run = load_run(config, args.tag)
+    try:
+        result = promote_run(config, run, only=args.only, onto=args.onto)
+    except PromotionError as exc:
+        raise CliError(f"promote refused: {exc}") from None
+    for exp_id, commit in result.commits:
+        print(f"experiment {exp_id} -> {commit[:12]} on {result.branch}")
+    if result.skipped:
+        print(f"already promoted earlier: {', '.join(map(str, result.skipped))}")
+    print(f"{result.branch}: {result.old_tip[:12]} -> {result.new_tip[:12]}; recorded in the audit chain")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    """Turn a run's result down with a reason; recorded in the audit chain and read by the next session's handoff."""
+    from harness.review import reject_run
+    from server.promotion import PromotionError
+
+    config = _load(args)
+    run = load_run(config, args.tag)
+    try:
+        record = reject_run(run, args.reason, args.only)
+    except PromotionError as exc:
+        raise CliError(str(exc)) from None
+    print(f"run {run.tag}: rejected by {record['user']} ({record['changes']}): {record['reason']}")
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """Create a working target from a template (speed, prompt, ml) in a new git repository."""
+    from harness.templates import TemplateError, scaffold
+
+    try:
+        created = scaffold(args.template, args.directory, git_init=not args.no_git)
+    except TemplateError as exc:
+        raise CliError(str(exc)) from None
+    print(f"created the {args.template} target in {created.directory}: {', '.join(created.files)}")
+    print(f"next: cd {created.directory} && autoresearch init --tag first; program.md holds the agent's instructions")
+    return 0
+
+
 # ---- parser ----
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,6 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-experiments", type=int, default=6 if name == "demo" else None,
                        help="stop after this many experiments" + (" (default 6)" if name == "demo" else ""))
         p.add_argument("--seed", type=int, default=0, help="random agent seed (default 0)")
+    p = add("review", cmd_review)
+    p.add_argument("--step", action="store_true", help="walk through the kept changes one by one, each with its diff")
+    p = add("promote", cmd_promote)
+    p.add_argument("--only", default=None, help="change numbers from `review`, e.g. 1,3 (default: all kept changes)")
+    p.add_argument("--onto", default=None, help="branch to promote onto (default: the branch the run started from)")
+    p = add("reject", cmd_reject)
+    p.add_argument("--reason", required=True, help="why the result is turned down (the next session reads it)")
+    p.add_argument("--only", default=None, help="the change numbers rejected (default: the whole result)")
+    p = sub.add_parser("new", help=cmd_new.__doc__, description=cmd_new.__doc__)
+    p.add_argument("template", choices=("speed", "prompt", "ml"), help="which target to create")
+    p.add_argument("directory", type=Path, help="a new or empty directory")
+    p.add_argument("--no-git", action="store_true", help="do not make it a git repository with a first commit")
+    p.set_defaults(handler=cmd_new)
     p = add("stop", cmd_stop)
     p.add_argument("--cancel", action="store_true", help="withdraw a stop request that has not been acted on yet")
     from harness.guard import add_guard_parser

@@ -35,6 +35,7 @@ from server.gitrepo import GitRepo
 from server.integrity import check_pins, restore_pin
 from server.jsonl import append_record, atomic_write_text, read_records
 from server.ledger import Experiment, Ledger
+from server.promotion import OBSERVE_PREFIX, auto_promote
 from server.models import (
     DecisionResult,
     ExperimentDetail,
@@ -482,18 +483,23 @@ class Engine:
             assert target.metric is not None
             best_metric = best.metric if best else None
             improves = best_metric is not None and self.config.improves(target.metric, best_metric)
-            if prefer == "keep_if_better" and improves:
+            observe_only = self.config.autonomy == "observe" and prefer == "keep_if_better" and improves
+            if prefer == "keep_if_better" and improves and not observe_only:
                 delta = target.metric - best_metric  # type: ignore[operator]
                 message = (f"{self.config.metric} {target.metric:.6f} ({delta:+.6f}) experiment {target.id}: "
                            f"{target.description}")
                 kept = self.repo.advance_branch(self.run.branch, target.commit, message)
                 self.repo.restore_paths(kept, list(self.config.mutable))
                 self.ledger.append_decision(target.id, "keep", f"beats {best_metric:.6f} by {abs(delta):.6f}", kept)
+                if self.config.autonomy == "auto-promote":
+                    auto_promote(self.config, self.run, self.audit)  # within the written limits, else left for review
                 return DecisionResult(experiment_id=target.id, decision="keep",
                                       reason=f"{target.metric:.6f} beats the best {best_metric:.6f}",
                                       commit=kept[:12], best=target.metric, best_id=target.id,
                                       next_step="Kept. Edit with the next idea, then call run_experiment.")
             reason = ("revert requested" if prefer == "revert" else
+                      f"{OBSERVE_PREFIX} {target.metric:.6f} beats the best {best_metric:.6f}; autonomy is 'observe', "
+                      "so nothing is kept (`autoresearch review` proposes it)" if observe_only else
                       f"{target.metric:.6f} does not beat the best {best_metric:.6f} by more than "
                       f"{self.config.min_improvement:g}")
             self.repo.restore_paths(tip, list(self.config.mutable))
