@@ -10,7 +10,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from server.audit import AuditError, AuditLog, filter_records, format_record
 from server.config import Config, ConfigError, load_config
@@ -21,6 +21,9 @@ from server.jsonl import CorruptFileError
 from server.runstate import RunError, RunInfo, default_tag, init_run, load_run, set_current
 
 from harness.run_agent import HarnessError
+
+if TYPE_CHECKING:
+    from harness.dashboard.data import RunData
 
 log = logging.getLogger("autoresearch")
 
@@ -79,8 +82,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the locked tools over stdio (default) or streamable HTTP."""
     from server.serve import main_serve
 
+    mount = None
+    if args.dashboard:
+        if not args.http:
+            raise CliError("--dashboard needs --http: the page is served beside /mcp on the same port")
+        from harness.dashboard.app import build_dashboard_app, page_url
+
+        data = _dashboard_data(args)
+        mount = lambda policy: build_dashboard_app(data, policy)  # noqa: E731
+        print(f"autoresearch dashboard at {page_url(args.host, args.port, None)} (read-only; beyond loopback add "
+              "#token=<the bearer token> to the address)", file=sys.stderr, flush=True)
     return main_serve(args.workspace.resolve(), args.tag, args.config, args.profile, http=args.http, host=args.host,
-                      port=args.port, token=args.token, verbose=args.verbose)
+                      port=args.port, token=args.token, verbose=args.verbose, mount=mount)
+
+
+def _dashboard_data(args: argparse.Namespace) -> "RunData":
+    from harness.dashboard.data import RunData, RunMeta
+
+    config = _load(args)
+    run = load_run(config, args.tag)
+    return RunData(RunMeta(run.tag, config.metric, config.direction, run.run_dir))
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve a live, read-only page of a run: progress, experiments, the supervisor's night, the audit verdict."""
+    from harness.dashboard.app import serve_dashboard
+
+    return serve_dashboard(_dashboard_data(args), host=args.host, port=args.port, token=args.token)
 
 
 def status_lines(config: Config, run: RunInfo, engine: Engine) -> list[str]:
@@ -288,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
     p.add_argument("--token", default=os.environ.get("AUTORESEARCH_TOKEN"), help="bearer token for HTTP")
+    p.add_argument("--dashboard", action="store_true", help="with --http: also serve the run's dashboard at /")
+    p = add("dashboard", cmd_dashboard)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
+    p.add_argument("--port", type=int, default=8780, help="port (default 8780)")
+    p.add_argument("--token", default=os.environ.get("AUTORESEARCH_TOKEN"),
+                   help="bearer token (default: none on loopback, generated and printed otherwise)")
     p = add("status", cmd_status)
     p.add_argument("--json", action="store_true")
     p = add("results", cmd_results)

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -18,6 +19,9 @@ from server.app import build_server
 from server.config import Config, load_config
 from server.engine import Engine
 from server.runstate import load_run
+
+if TYPE_CHECKING:
+    from server.http import MountFactory
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +68,13 @@ async def serve_stdio(engine: Engine) -> None:
 
 def main_serve(workspace: Path, tag: str | None, config_path: Path | None, profile: str | None,
                http: bool = False, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-               verbose: bool = False) -> int:
+               verbose: bool = False, mount: "MountFactory | None" = None) -> int:
     engine = open_engine(workspace, tag, config_path, profile)
     configure_logging(engine.run_dir, verbose)
     log.info("serving run %s of %s (pid %d)", engine.run.tag, workspace, os.getpid())
     if http:
         from server.http import serve_http
 
-        return serve_http(engine, host=host, port=port, token=token)
+        return serve_http(engine, host=host, port=port, token=token, mount=mount)
     anyio.run(serve_stdio, engine)
     return 0
