@@ -173,13 +173,14 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write progress.png and report.md for a run."""
+    """Write progress.png, report.md and a self-contained report.html for a run."""
     from harness.report import write_report
 
     config, run, engine = _open(args)
     files = write_report(run.run_dir, run.tag, config.metric, config.direction, engine.ledger.experiments(),
                          args.out)
-    print(f"wrote {files.markdown}" + (f" and {files.plot}" if files.plot else ""))
+    written = [files.markdown, files.html] + ([files.plot] if files.plot else [])
+    print("wrote " + ", ".join(str(p) for p in written if p is not None))
     return 0
 
 
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=200, help="how many experiments (default 200)")
     p.add_argument("--json", action="store_true")
     p = add("report", cmd_report)
-    p.add_argument("--out", type=Path, default=None, help="folder for report.md and progress.png (default: the run)")
+    p.add_argument("--out", type=Path, default=None, help="folder for report.md, report.html and progress.png (default: the run)")
     p = add("audit", cmd_audit)  # the flags work before or after verify/show
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="verify|show")
     verify = audit_sub.add_parser("verify", help="check the hash chain; names the first altered, removed or reordered "

@@ -324,7 +324,7 @@ class RunData:
             "experiments": len(experiments), "status_counts": dict(counts), "decision_counts": dict(decisions),
             "baseline": chart.baseline, "best": chart.best_value, "best_id": chart.best_id,
             "flags": dict(Counter(f for e in experiments for f in experiment_flags(e))),
-            "holdout": _last_holdout(experiments), "noise_floor": chart.noise_floor,
+            "holdout": last_holdout(experiments), "noise_floor": chart.noise_floor,
             "slots": [{**asdict(s), "remaining_s": round(s.deadline - now, 1)} for s in self.slots()],
             "limits": limits if isinstance(limits, dict) else None,
             "supervisor": asdict(self.supervisor()), "audit": asdict(self.audit_summary()),
@@ -343,7 +343,7 @@ def row(exp: Experiment, best_before: float | None) -> dict[str, Any]:
             "holdout": holdout_of(exp), "finished_at": exp.finished_at, "duration_s": exp.duration_s}
 
 
-def _last_holdout(experiments: list[Experiment]) -> dict[str, Any] | None:
+def last_holdout(experiments: list[Experiment]) -> dict[str, Any] | None:
     for exp in reversed(experiments):
         value = holdout_of(exp)
         if value is not None:

@@ -136,7 +136,8 @@ def random_walk_plan(n: int, seed: int = 0, start: float = 1.10) -> list[dict[st
         elif roll < 0.08:
             out.append(dict(status="invalid", description=desc, failure="no metric in the summary", decision="discard"))
         else:
-            gain = rng.gauss(0.0, 0.004 * (1 + 3 / (1 + i / 10)))
+            scale = 0.004 * (1 + 4 / (1 + i / 15))  # early ideas move the metric more than late ones
+            gain = rng.gauss(-0.7 * scale, scale)  # most changes make things a little worse
             metric = best - gain
             if rng.random() < 0.04:
                 metric = best + rng.uniform(0.2, 2.0)  # diverged: the outlier that used to squash the chart
