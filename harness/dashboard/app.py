@@ -66,7 +66,7 @@ class ReadOnly:
         method = scope.get("method", "GET")
         if method not in READ_METHODS:
             log.warning("refused %s %s: the dashboard is read-only", method, scope.get("path"))
-            body = json.dumps({"error": f"method {method} is not allowed: the dashboard only reads the run "
+            body = json.dumps({"error": f"method {method} is not allowed: the dashboard is read-only "
                                         "(GET and HEAD); change a run with the autoresearch commands"}).encode()
             await send({"type": "http.response.start", "status": 405,
                         "headers": [(b"content-type", b"application/json"), (b"allow", b"GET, HEAD"),

@@ -68,8 +68,8 @@ class JsonlFollower:
             return restarted, []
         try:
             st = os.fstat(fd)
-            restarted = st.st_ino != self._inode or st.st_size < self._offset
-            if restarted:
+            restarted = (self._inode != 0 and st.st_ino != self._inode) or st.st_size < self._offset
+            if restarted or self._inode == 0:
                 self._inode, self._offset = st.st_ino, 0
             data = os.pread(fd, st.st_size - self._offset, self._offset) if st.st_size > self._offset else b""
         finally:
