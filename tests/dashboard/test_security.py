@@ -138,6 +138,7 @@ async def mcp_client(url: str) -> AsyncIterator[Client]:
             yield client
 
 
+@pytest.mark.slow
 def test_serve_http_with_the_dashboard_keeps_the_tools_at_mcp_and_the_same_guard_on_the_page(
         workspace: Path) -> None:
     with serving_mcp_with_dashboard(workspace) as (base, data):
