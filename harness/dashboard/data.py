@@ -312,19 +312,25 @@ class RunData:
 
     # ---- the small document the page starts from and receives on every change ----
 
+    def _ledger_summary(self) -> dict[str, Any]:
+        def build() -> dict[str, Any]:
+            experiments = self.experiments()
+            chart = self.chart()
+            return {"experiments": len(experiments),
+                    "status_counts": dict(Counter(e.status for e in experiments)),
+                    "decision_counts": dict(Counter(e.decision or "pending" for e in experiments)),
+                    "baseline": chart.baseline, "best": chart.best_value, "best_id": chart.best_id,
+                    "flags": dict(Counter(f for e in experiments for f in experiment_flags(e))),
+                    "holdout": last_holdout(experiments), "noise_floor": chart.noise_floor}
+
+        return self._cached("ledger_summary", (stamp(self.path("ledger")), stamp(self.path("run"))), build)
+
     def summary(self) -> dict[str, Any]:
-        experiments = self.experiments()
-        chart = self.chart()
-        counts = Counter(e.status for e in experiments)
-        decisions = Counter(e.decision or "pending" for e in experiments)
         limits = _read_json(self.path("limits"))
         now = self._clock()
         return {
             "tag": self.meta.tag, "metric": self.meta.metric, "direction": self.meta.direction, "now": now,
-            "experiments": len(experiments), "status_counts": dict(counts), "decision_counts": dict(decisions),
-            "baseline": chart.baseline, "best": chart.best_value, "best_id": chart.best_id,
-            "flags": dict(Counter(f for e in experiments for f in experiment_flags(e))),
-            "holdout": last_holdout(experiments), "noise_floor": chart.noise_floor,
+            **self._ledger_summary(),
             "slots": [{**asdict(s), "remaining_s": round(s.deadline - now, 1)} for s in self.slots()],
             "limits": limits if isinstance(limits, dict) else None,
             "supervisor": asdict(self.supervisor()), "audit": asdict(self.audit_summary()),

@@ -94,10 +94,19 @@ class Chart:
     def to_json(self) -> dict[str, Any]:
         return {"ids": self.ids, "metric": [_round(v) for v in self.metric], "status": self.status,
                 "decision": self.decision, "flags": self.flags if any(self.flags) else None,
-                "best": [_round(v) for v in self.running_best], "holdout": self.holdout,
+                "best_steps": self.best_steps(), "holdout": self.holdout,
                 "labels": {str(k): v for k, v in self.labels.items()},
                 "range": list(self.y_range) if self.y_range else None, "baseline": self.baseline,
                 "best_value": self.best_value, "best_id": self.best_id, "noise_floor": self.noise_floor}
+
+
+    def best_steps(self) -> list[list[float]]:
+        """The running best as [id, value] where it changes (a step line needs only its corners)."""
+        steps: list[list[float]] = []
+        for exp_id, value in zip(self.ids, self.running_best):
+            if value is not None and (not steps or steps[-1][1] != value):
+                steps.append([exp_id, _round(value)])  # type: ignore[list-item]
+        return steps
 
 
 def _round(value: float | None) -> float | None:

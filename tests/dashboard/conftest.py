@@ -17,8 +17,10 @@ from run_builder import BuiltRun, every_status_run  # noqa: E402
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "dashboard"  # git-ignored; screenshots to look at
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Per module: Playwright's sync API keeps an event loop running in this thread until it stops, and async tests
+    elsewhere in the suite need the thread free of one."""
     try:
         import playwright  # noqa: F401
     except ImportError:

@@ -33,6 +33,7 @@ def test_the_chart_has_a_running_best_labels_for_kept_changes_and_codes_for_ever
     chart = build_chart(run.ledger.experiments(), "minimize")
     assert chart.status == "oooctioo" and chart.decision == "kkddddkp"
     assert chart.running_best == [1.102, 1.087, 1.087, 1.087, 1.087, 1.087, 1.079, 1.079]
+    assert chart.to_json()["best_steps"] == [[1, 1.102], [2, 1.087], [7, 1.079]]  # the corners of the step line
     assert chart.labels == {2: "raise learning rate to 0.04", 7: "add a warmup of 200 steps"}  # not the baseline
     assert chart.flags[6] == 1  # unverified
     assert chart.best_value == 1.079 and chart.best_id == 7 and chart.baseline == 1.102

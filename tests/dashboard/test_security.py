@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 import uvicorn
+from starlette.testclient import TestClient
 from browser import free_port, serve
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -36,31 +37,30 @@ def fingerprint(run_dir: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir()) if p.is_file()}
 
 
-def remote_client(run: BuiltRun, token: str | None) -> httpx.AsyncClient:
-    """The app as bound to a routable address (192.0.2.10, documentation range), driven in-process."""
+def remote_client(run: BuiltRun, token: str | None) -> TestClient:
+    """The app as bound to a routable address (192.0.2.10, documentation range), driven in-process (the client runs
+    its event loop in a thread of its own, so it works beside Playwright's)."""
     data = RunData(RunMeta(run.tag, "val_bpb", "minimize", run.run_dir))
     app = build_dashboard_app(data, HttpPolicy.for_bind("192.0.2.10", 8780, token))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://192.0.2.10:8780", timeout=10)
+    return TestClient(app, base_url="http://192.0.2.10:8780")
 
 
-@pytest.mark.anyio
-async def test_beyond_loopback_run_data_without_the_right_token_is_refused(run: BuiltRun) -> None:
-    async with remote_client(run, TOKEN) as client:
+def test_beyond_loopback_run_data_without_the_right_token_is_refused(run: BuiltRun) -> None:
+    with remote_client(run, TOKEN) as client:
         for path in DATA_PATHS[:-1]:
-            missing = await client.get(path)
+            missing = client.get(path)
             assert missing.status_code == 401, path
             assert "bearer token" in missing.json()["error"]["message"]
-            wrong = await client.get(path, headers={"Authorization": "Bearer " + "x" * 32})
+            wrong = client.get(path, headers={"Authorization": "Bearer " + "x" * 32})
             assert wrong.status_code == 401, path
-        allowed = await client.get("/api/summary", headers={"Authorization": f"Bearer {TOKEN}"})
+        allowed = client.get("/api/summary", headers={"Authorization": f"Bearer {TOKEN}"})
         assert allowed.status_code == 200 and allowed.json()["tag"] == run.tag
         # The page's fixed files carry no run data and load without the token, so a browser can start.
-        page = await client.get("/")
+        page = client.get("/")
         assert page.status_code == 200 and "weight decay" not in page.text and run.tag not in page.text
 
 
-@pytest.mark.anyio
-async def test_an_unset_token_beyond_loopback_is_generated_and_printed_in_the_page_address(
+def test_an_unset_token_beyond_loopback_is_generated_and_printed_in_the_page_address(
         run: BuiltRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # nothing binds
     data = RunData(RunMeta(run.tag, "val_bpb", "minimize", run.run_dir))
@@ -155,5 +155,9 @@ def test_serve_http_with_the_dashboard_keeps_the_tools_at_mcp_and_the_same_guard
             async with mcp_client(base + "/mcp") as client:
                 return {tool.name for tool in (await client.list_tools()).tools}
 
-        assert anyio.run(tools) == {"run_experiment", "read_results", "commit_or_revert"}
+        found: list[set[str]] = []
+        worker = threading.Thread(target=lambda: found.append(anyio.run(tools)))  # beside Playwright's loop
+        worker.start()
+        worker.join(30)
+        assert found == [{"run_experiment", "read_results", "commit_or_revert"}]
     assert dashboard_app.READ_METHODS == {"GET", "HEAD"}

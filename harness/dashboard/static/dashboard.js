@@ -183,6 +183,17 @@
   const COLORS = { best: "#1565c0", kept: "#2e7d32", disc: "#9aa1ad", pend: "#f9a825", crash: "#c62828",
                    timeout: "#ef6c00", invalid: "#6a1b9a", hold: "#8e24aa", warn: "#e65100", conf: "#0d47a1" };
 
+  function runningBest(c) {
+    // The server sends only the corners of the step line: [id, value] where the best changes.
+    const out = new Array(c.ids.length).fill(null);
+    let k = -1;
+    for (let i = 0; i < c.ids.length; i++) {
+      while (k + 1 < c.best_steps.length && c.best_steps[k + 1][0] <= c.ids[i]) k++;
+      if (k >= 0) out[i] = c.best_steps[k][1];
+    }
+    return out;
+  }
+
   function chartSeries(c) {
     const n = c.ids.length, [lo, hi] = c.range || [0, 1];
     const kept = new Array(n).fill(null), disc = new Array(n).fill(null), pend = new Array(n).fill(null);
@@ -437,10 +448,11 @@
     ledgerBusy = (async () => {
       try {
         const [c] = await Promise.all([getJSON("/api/chart"), loadTable()]);
+        c.best = runningBest(c);
         state.chartData = c;
         drawChart(c);
         if (state.selected !== null) await select(state.selected);
-        if (state.firstRender) { state.firstRender = false; document.body.dataset.ready = "1"; }
+        if (state.firstRender) { state.firstRender = false; document.body.dataset.readyMs = String(Math.round(performance.now())); document.body.dataset.ready = "1"; }
       } catch (e) { setLive("off", "error: " + e.message); }
     })();
     await ledgerBusy; ledgerBusy = null;
@@ -495,6 +507,7 @@
     let resize = null;
     window.addEventListener("resize", () => { clearTimeout(resize); resize = setTimeout(() => state.chartData && drawChart(state.chartData), 150); });
     setInterval(renderNow, 1000);
+    getJSON("/api/summary").then(renderSummary).catch((e) => setLive("off", e.message));  // not waiting for the stream
     follow();
   }
 
