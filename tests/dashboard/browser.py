@@ -50,10 +50,10 @@ class Served:
 
 @contextlib.contextmanager
 def serve(run_dir: Path, *, tag: str = "demo", token: str | None = None, direction: str = "minimize",
-          poll_s: float = 0.2) -> Iterator[Served]:
+          poll_s: float = 0.2, metric: str = "val_bpb") -> Iterator[Served]:
     """The dashboard of `run_dir` on 127.0.0.1 in a uvicorn thread, stopped on exit."""
     port = free_port()
-    data = RunData(RunMeta(tag, "val_bpb", direction, run_dir))
+    data = RunData(RunMeta(tag, metric, direction, run_dir))
     app = build_dashboard_app(data, HttpPolicy.for_bind("127.0.0.1", port, token), poll_s=poll_s)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
                                            timeout_graceful_shutdown=1))
