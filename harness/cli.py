@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=200, help="how many experiments (default 200)")
     p.add_argument("--json", action="store_true")
     p = add("report", cmd_report)
-    p.add_argument("--out", type=Path, default=None, help="folder for report.md, report.html and progress.png (default: the run)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for report.md, report.html and progress.png (default: the run)")
     p = add("audit", cmd_audit)  # the flags work before or after verify/show
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="verify|show")
     verify = audit_sub.add_parser("verify", help="check the hash chain; names the first altered, removed or reordered "

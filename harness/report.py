@@ -13,12 +13,17 @@ import io
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server import history
 from server.ledger import Experiment
 
 from harness.dashboard.data import AuditSummary, RunData, RunMeta, SupervisorSummary, last_holdout
 from harness.dashboard.series import Chart, build_chart, experiment_flags
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.transforms import Bbox
 
 COLORS = {"best": "#1565c0", "kept": "#2e7d32", "disc": "#9aa1ad", "pend": "#f9a825", "crash": "#c62828",
           "timeout": "#ef6c00", "invalid": "#6a1b9a", "hold": "#8e24aa", "flag": "#e65100"}
@@ -102,7 +107,8 @@ def fact_lines(experiments: list[Experiment], night: Night) -> list[str]:
         lines.append(f"{plural(unsealed, 'result')} {'was' if unsealed == 1 else 'were'} measured UNSEALED")
     holdout = last_holdout(experiments)
     if holdout is not None:
-        lines.append(f"Holdout (for you, never shown to the agent): {holdout['value']:.6f} at experiment {holdout['id']}")
+        lines.append(f"Holdout (for you, never shown to the agent): {holdout['value']:.6f} at experiment "
+                     f"{holdout['id']}")
     if night.noise_floor is not None:
         lines.append(f"Noise floor: ±{night.noise_floor:.6f} (differences smaller than this are not evidence)")
     if night.violations:
@@ -235,13 +241,12 @@ def render_plot(path: Path | io.BytesIO, tag: str, metric: str, direction: str, 
     h2, l2 = strip.get_legend_handles_labels()
     ax.legend(handles + h2, labels + l2, loc="lower left" if direction == "minimize" else "upper left", fontsize=8,
               ncol=2, framealpha=0.9)
-    fig.subplots_adjust(left=0.09, right=0.98, top=0.93, bottom=0.1)
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
 
 
-def _draw_points(ax: object, chart: Chart, lo: float, hi: float) -> None:
+def _draw_points(ax: Axes, chart: Chart, lo: float, hi: float) -> None:
     groups: dict[str, tuple[list[int], list[float]]] = {"k": ([], []), "d": ([], []), "p": ([], [])}
     off_x, off_y, off_c = [], [], []
     flagged: tuple[list[int], list[float]] = ([], [])
@@ -265,33 +270,32 @@ def _draw_points(ax: object, chart: Chart, lo: float, hi: float) -> None:
     for code in ("d", "p", "k"):
         xs, ys = groups[code]
         if xs:
-            ax.scatter(xs, ys, **style[code])  # type: ignore[attr-defined]
+            ax.scatter(xs, ys, **style[code])
     if flagged[0]:
-        ax.scatter(*flagged, facecolors="none", edgecolors=COLORS["flag"], s=120, linewidths=1.5,  # type: ignore[attr-defined]
+        ax.scatter(*flagged, facecolors="none", edgecolors=COLORS["flag"], s=120, linewidths=1.5,
                    label="unverified / unsealed", zorder=6)
     if off_x:
         pad = (hi - lo) * 0.015
         ys = [y - pad if y == hi else y + pad for y in off_y]
         markers = ["^" if y == hi else "v" for y in off_y]
         for x, y, c, mk in zip(off_x, ys, off_c, markers):
-            ax.scatter([x], [y], marker=mk, c=c, s=26, zorder=4, clip_on=False)  # type: ignore[attr-defined]
-        ax.scatter([], [], marker="^", c=COLORS["disc"], s=26, label=f"off the chart ({len(off_x)})")  # type: ignore[attr-defined]
+            ax.scatter([x], [y], marker=mk, c=c, s=26, zorder=4, clip_on=False)
+        ax.scatter([], [], marker="^", c=COLORS["disc"], s=26, label=f"off the chart ({len(off_x)})")
 
 
-def _label_kept(ax: object, chart: Chart, lo: float, hi: float) -> None:
+def _label_kept(ax: Axes, chart: Chart, lo: float, hi: float) -> None:
     """Label kept changes, the largest gains first, skipping a label that would overlap one already placed."""
     ranked = sorted(chart.labels.items(), key=lambda kv: -abs(_gain(chart, kv[0])))[:MAX_LABELS]
     index = {exp_id: i for i, exp_id in enumerate(chart.ids)}
-    fig = ax.figure  # type: ignore[attr-defined]
-    renderer = fig.canvas.get_renderer()
-    axes_box = ax.get_window_extent(renderer)  # type: ignore[attr-defined]
-    placed: list[object] = []
+    renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    axes_box = ax.get_window_extent(renderer)
+    placed: list[Bbox] = []
     for exp_id, text in ranked:
         m = chart.metric[index[exp_id]]
         if m is None or not lo <= m <= hi:
             continue
         for dx, dy, ha in ((7, 7, "left"), (7, -13, "left"), (-7, 7, "right"), (-7, -13, "right")):
-            label = ax.annotate(text, (exp_id, m), xytext=(dx, dy), textcoords="offset points", ha=ha,  # type: ignore[attr-defined]
+            label = ax.annotate(text, (exp_id, m), xytext=(dx, dy), textcoords="offset points", ha=ha,
                                 fontsize=7.5, color="#1b4d1e", zorder=7,
                                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
             box = label.get_window_extent(renderer)
@@ -310,14 +314,14 @@ def _gain(chart: Chart, exp_id: int) -> float:
     return 0.0 if before is None or m is None else m - before
 
 
-def _draw_failures(strip: object, chart: Chart) -> None:
+def _draw_failures(strip: Axes, chart: Chart) -> None:
     style = {"c": dict(marker="x", c=COLORS["crash"], s=36, linewidths=2, label="crash"),
              "t": dict(marker="D", c=COLORS["timeout"], s=24, label="timeout"),
              "i": dict(marker="s", c=COLORS["invalid"], s=22, label="invalid")}
     for code, kw in style.items():
         xs = [exp_id for exp_id, s, m in zip(chart.ids, chart.status, chart.metric) if s == code and m is None]
         if xs:
-            strip.scatter(xs, [0.5] * len(xs), zorder=3, **kw)  # type: ignore[attr-defined]
+            strip.scatter(xs, [0.5] * len(xs), zorder=3, **kw)
 
 
 # ---- report.html ----

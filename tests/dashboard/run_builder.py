@@ -45,14 +45,16 @@ def experiment(exp_id: int, *, status: str = "ok", metric: float | None = None, 
     iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t))  # noqa: E731
     return Experiment(
         id=exp_id, tag=tag, parent="a" * 40, commit=f"{exp_id:040x}", description=description,
-        hypothesis=None if is_baseline else f"{description} should lower the loss", status=status,  # type: ignore[arg-type]
+        hypothesis=None if is_baseline else f"{description} should lower the loss",
+        status=status,  # type: ignore[arg-type]
         diff="" if is_baseline else DIFF.format(name="LEARNING_RATE", old="0.02", new=f"0.0{exp_id % 9 + 1}"),
         metric_name="val_bpb", metric=metric, verified=verified,
         metrics={} if metric is None else {"val_bpb": metric, "training_seconds": 300.0, "num_steps": 950 + exp_id},
         started_at=iso(started), finished_at=iso(started + duration_s), duration_s=duration_s,
         train_s=duration_s - 20 if status == "ok" else None, eval_s=15.0 if status == "ok" else None,
         peak_memory_mb=1800.0 + exp_id, failure=failure,
-        log_tail=f"step 950 | loss 3.21\n---\nval_bpb: {metric}\n" if metric is not None else f"Traceback ...\n{failure}\n",
+        log_tail=(f"step 950 | loss 3.21\n---\nval_bpb: {metric}\n" if metric is not None
+                  else f"Traceback ...\n{failure}\n"),
         log_path=f"runs/{tag}/experiments/{exp_id:04d}/run.log", fingerprint="f" * 16, is_baseline=is_baseline,
         caller="test", decision=None if decision is None else decision,  # type: ignore[arg-type]
         decision_reason=None, kept_commit=None)
