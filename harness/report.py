@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -329,45 +330,57 @@ def _draw_failures(strip: Axes, chart: Chart) -> None:
 CSS = """body{font:15px/1.5 system-ui,sans-serif;color:#1d2330;max-width:1100px;margin:24px auto;padding:0 16px}
 h1{font-size:22px}h2{font-size:16px;margin-top:26px;border-bottom:1px solid #e3e6ec;padding-bottom:4px}
 table{border-collapse:collapse;width:100%;font-size:14px}td,th{border-bottom:1px solid #e3e6ec;padding:4px 8px;
-text-align:left;vertical-align:top}td.n{text-align:right;font-family:ui-monospace,monospace}.ok{color:#2e7d32}
+text-align:left;vertical-align:top}td.n,th.n{text-align:right;font-family:ui-monospace,monospace}.ok{color:#2e7d32}
 .bad{color:#c62828}img{max-width:100%;border:1px solid #e3e6ec;border-radius:6px}ul{padding-left:20px}
 .muted{color:#6b7385;font-size:13px}"""
+
+
+def _table(headers: list[str], rows: list[list[tuple[str, str]]]) -> str:
+    """An HTML table; a header starting with '>' is right-aligned, cells are (class, already-escaped text)."""
+    head = "".join(f"<th class='n'>{h[1:]}</th>" if h.startswith(">") else f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td class='{cls}'>{text}</td>" for cls, text in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def render_html(tag: str, metric: str, direction: str, experiments: list[Experiment], night: Night,
                 png: bytes | None) -> str:
     esc = html.escape
-    md_bold = lambda s: esc(s).replace("**", "")  # noqa: E731
+
+    def md(text: str) -> str:
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", esc(text)).replace("`", "")
+
+    def bullets(lines: list[str]) -> str:
+        return "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>"
+
     out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>autoresearch run {esc(tag)}</title>",
            f"<style>{CSS}</style></head><body><h1>Run {esc(tag)}</h1>"]
     if not experiments:
         return "".join(out + ["<p>No experiments yet.</p></body></html>"])
-    out += [f"<p>{md_bold(line).replace('`', '')}</p>" for line in headline(metric, direction, experiments)]
-    out.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in fact_lines(experiments, night)) + "</ul>")
+    out += [f"<p>{md(line)}</p>" for line in headline(metric, direction, experiments)]
+    out.append(bullets(fact_lines(experiments, night)))
     if png:
         out.append(f"<img alt='progress chart' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
-    out.append("<h2>The night</h2><ul>" + "".join(f"<li>{esc(line)}</li>" for line in night_lines(night)) + "</ul>")
+    out.append("<h2>The night</h2>" + bullets(night_lines(night)))
     if night.supervisor and night.supervisor.recent:
-        out.append("<table><tr><th>time</th><th>event</th><th>message</th></tr>" + "".join(
-            f"<tr><td>{esc(str(e['time'] or ''))}</td><td>{esc(e['event'])}</td><td>{esc(e['message'])}</td></tr>"
-            for e in night.supervisor.recent) + "</table>")
+        out.append(_table(["time", "event", "message"], [
+            [("", esc(str(e["time"] or ""))), ("", esc(e["event"])), ("", esc(e["message"]))]
+            for e in night.supervisor.recent]))
     verdict_class = "ok" if night.audit and night.audit.ok else "bad"
     out.append(f"<h2>Audit</h2><p class='{verdict_class}'>{esc(audit_line(night.audit))}</p>")
     if night.audit and night.audit.tool_calls:
         statuses = sorted({s for by in night.audit.tool_calls.values() for s in by})
-        out.append("<table><tr><th>tool</th>" + "".join(f"<th>{esc(s)}</th>" for s in statuses) + "</tr>" + "".join(
-            f"<tr><td>{esc(tool)}</td>" + "".join(f"<td class='n'>{by.get(s, '')}</td>" for s in statuses) + "</tr>"
-            for tool, by in night.audit.tool_calls.items()) + "</table>")
-    out.append("<h2>Kept changes, by gain</h2>")
+        out.append(_table(["tool"] + [">" + esc(s) for s in statuses], [
+            [("", esc(tool))] + [("n", str(by.get(s, ""))) for s in statuses]
+            for tool, by in night.audit.tool_calls.items()]))
     kept = kept_changes(direction, experiments)
-    out.append("<table><tr><th>#</th><th>gain</th><th>metric</th><th>change</th></tr>" + "".join(
-        f"<tr><td class='n'>{e.id}</td><td class='n ok'>{gain:+.6f}</td><td class='n'>{e.metric:.6f}</td>"
-        f"<td>{esc(e.description)}</td></tr>" for e, gain in kept) + "</table>" if kept else "<p>None yet.</p>")
+    out.append("<h2>Kept changes, by gain</h2>" + (_table([">#", ">gain", ">metric", "change"], [
+        [("n", str(e.id)), ("n ok", f"{gain:+.6f}"), ("n", f"{e.metric:.6f}"), ("", esc(e.description))]
+        for e, gain in kept]) if kept else "<p>None yet.</p>"))
     failures = [e for e in experiments if e.status not in ("ok", "confirming")][-FAILURE_ROWS:]
     if failures:
-        out.append("<h2>Failures</h2><table><tr><th>#</th><th>status</th><th>reason</th><th>change</th></tr>" + "".join(
-            f"<tr><td class='n'>{e.id}</td><td class='bad'>{esc(e.status)}</td><td>{esc((e.failure or '')[:160])}"
-            f"</td><td>{esc(e.description)}</td></tr>" for e in failures) + "</table>")
+        out.append("<h2>Failures</h2>" + _table([">#", "status", "reason", "change"], [
+            [("n", str(e.id)), ("bad", esc(e.status)), ("", esc((e.failure or "")[:160])), ("", esc(e.description))]
+            for e in failures]))
     out.append("<p class='muted'>Written by <code>autoresearch report</code>; self-contained, needs no network."
                "</p></body></html>")
     return "\n".join(out)
