@@ -143,7 +143,7 @@ def build_dashboard_app(data: RunData, policy: HttpPolicy, poll_s: float = POLL_
             last: dict[str, Any] | None = None
             while True:
                 stamps = await anyio.to_thread.run_sync(data.stamps)
-                if stamps != last:
+                if stamps != last or await anyio.to_thread.run_sync(data.verdict_due):
                     last = stamps
                     body = await anyio.to_thread.run_sync(data.summary)
                     yield {"event": "summary", "data": json.dumps(body, separators=(",", ":"))}

@@ -113,3 +113,20 @@ def test_several_slots_in_flight_are_all_shown(run: BuiltRun) -> None:
     data = RunData(RunMeta(run.tag, "val_bpb", "minimize", run.run_dir), clock=lambda: 300.0)
     slots = data.summary()["slots"]
     assert [(s["id"], s["device"], s["remaining_s"]) for s in slots] == [(9, "cuda:0", 100.0), (10, "cuda:1", 120.0)]
+
+
+def test_a_busy_audit_log_is_rechecked_at_most_every_few_seconds_while_its_counts_follow_every_line(
+        run: BuiltRun, monkeypatch: object) -> None:
+    from harness.dashboard import data as data_module
+
+    data = open_data(run)
+    first = data.audit_summary()
+    run.audit.append("server", "tool_call", tool="read_results", status="ok")
+    second = data.audit_summary()
+    assert second.tool_calls["read_results"] == {"ok": 1}  # counted at once
+    assert second.records == first.records and second.checked_at == first.checked_at  # not re-verified yet
+    assert data.verdict_due() is False
+    monkeypatch.setattr(data_module, "VERIFY_GAP_S", 0.0)  # type: ignore[attr-defined]
+    monkeypatch.setattr(data_module, "VERIFY_COST_FACTOR", 0)  # type: ignore[attr-defined]
+    assert data.verdict_due() is True
+    assert data.audit_summary().records == first.records + 1

@@ -159,6 +159,7 @@
     if (!a || a.ok === null) { box.appendChild(el("p", "muted", "No audit log yet.")); return; }
     box.appendChild(el("div", "verdict " + (a.ok ? "ok" : "broken"), a.ok ? `✔ chain intact · ${a.records} records` : `✘ chain broken${a.first_bad_line ? " at line " + a.first_bad_line : ""}`));
     if (!a.ok) box.appendChild(el("p", "bad small", a.message));
+    if (a.checked_at) box.appendChild(el("div", "muted small", "chain checked at " + new Date(a.checked_at * 1000).toLocaleTimeString()));
     const tools = Object.entries(a.tool_calls || {});
     if (tools.length) {
       const statuses = [...new Set(tools.flatMap(([, m]) => Object.keys(m)))].sort((x, y) => (x === "ok" ? -1 : y === "ok" ? 1 : x.localeCompare(y)));
