@@ -10,7 +10,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from server import history
 from server.audit import AuditError, AuditLog, filter_records, format_record
@@ -24,6 +24,9 @@ from server.runstate import RunError, RunInfo, default_tag, init_run, load_run, 
 from server.text import for_terminal
 
 from harness.run_agent import HarnessError
+
+if TYPE_CHECKING:
+    from harness.dashboard.data import RunData
 
 log = logging.getLogger("autoresearch")
 
@@ -82,8 +85,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the locked tools over stdio (default) or streamable HTTP."""
     from server.serve import main_serve
 
+    mount = None
+    if args.dashboard:
+        if not args.http:
+            raise CliError("--dashboard needs --http: the page is served beside /mcp on the same port")
+        from harness.dashboard.app import build_dashboard_app, page_url
+
+        data = _dashboard_data(args)
+        mount = lambda policy: build_dashboard_app(data, policy)  # noqa: E731
+        print(f"autoresearch dashboard at {page_url(args.host, args.port, None)} (read-only; beyond loopback add "
+              "#token=<the bearer token> to the address)", file=sys.stderr, flush=True)
     return main_serve(args.workspace.resolve(), args.tag, args.config, args.profile, http=args.http, host=args.host,
-                      port=args.port, token=args.token, verbose=args.verbose)
+                      port=args.port, token=args.token, verbose=args.verbose, mount=mount)
+
+
+def _dashboard_data(args: argparse.Namespace) -> "RunData":
+    from harness.dashboard.data import RunData, RunMeta
+
+    config = _load(args)
+    run = load_run(config, args.tag)
+    return RunData(RunMeta(run.tag, config.metric, config.direction, run.run_dir))
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve a live, read-only page of a run: progress, experiments, the supervisor's night, the audit verdict."""
+    from harness.dashboard.app import serve_dashboard
+
+    return serve_dashboard(_dashboard_data(args), host=args.host, port=args.port, token=args.token)
 
 
 def status_lines(config: Config, run: RunInfo, engine: Engine) -> list[str]:
@@ -157,13 +185,14 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write progress.png and report.md for a run."""
+    """Write progress.png, report.md and a self-contained report.html for a run."""
     from harness.report import write_report
 
     config, run, engine = _open(args)
     files = write_report(run.run_dir, run.tag, config.metric, config.direction, engine.ledger.experiments(),
                          args.out)
-    print(f"wrote {files.markdown}" + (f" and {files.plot}" if files.plot else ""))
+    written = [files.markdown, files.html] + ([files.plot] if files.plot else [])
+    print("wrote " + ", ".join(str(p) for p in written if p is not None))
     return 0
 
 
@@ -371,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
     p.add_argument("--token", default=os.environ.get("AUTORESEARCH_TOKEN"), help="bearer token for HTTP")
+    p.add_argument("--dashboard", action="store_true", help="with --http: also serve the run's dashboard at /")
+    p = add("dashboard", cmd_dashboard)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
+    p.add_argument("--port", type=int, default=8780, help="port (default 8780)")
+    p.add_argument("--token", default=os.environ.get("AUTORESEARCH_TOKEN"),
+                   help="bearer token (default: none on loopback, generated and printed otherwise)")
     p = add("status", cmd_status)
     p.add_argument("--json", action="store_true")
     p = add("results", cmd_results)
@@ -379,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("--all", action="store_true", help="every experiment of the run")
     p.add_argument("--json", action="store_true")
     p = add("report", cmd_report)
-    p.add_argument("--out", type=Path, default=None, help="folder for report.md and progress.png (default: the run)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for report.md, report.html and progress.png (default: the run)")
     p = add("audit", cmd_audit)  # the flags work before or after verify/show
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="verify|show")
     verify = audit_sub.add_parser("verify", help="check the hash chain; names the first altered, removed or reordered "

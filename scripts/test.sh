@@ -7,4 +7,5 @@ bash scripts/setup.sh
 bash scripts/install_claude_code.sh
 bash scripts/install_agent_clis.sh
 [ -f scripts/install_inspector.sh ] && bash scripts/install_inspector.sh
+bash scripts/install_browser.sh
 exec .venv/bin/python -m pytest "$@"

@@ -30,6 +30,7 @@ import logging
 import secrets
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -243,14 +244,34 @@ class HttpGuard:
         await rejection.send(send)
 
 
+# Given the policy in force, an ASGI app for every path outside /mcp; it must apply the policy itself (HttpGuard).
+MountFactory = Callable[[HttpPolicy], ASGIApp]
+
+
+class _MountBesideMcp:
+    """`/mcp` (and lifespan events) to the guarded tools, every other path to the mounted app."""
+
+    def __init__(self, mcp: ASGIApp, other: ASGIApp) -> None:
+        self.mcp, self.other = mcp, other
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "lifespan" or path == MCP_PATH or path.startswith(MCP_PATH + "/"):
+            await self.mcp(scope, receive, send)
+        else:
+            await self.other(scope, receive, send)
+
+
 def build_http_app(engine: Engine | EngineSlot, *, host: str, port: int, token: str | None,
-                   max_body_bytes: int = MAX_BODY_BYTES) -> ASGIApp:
-    """The MCP app at `/mcp` behind `HttpGuard`; `token` is enforced as given (see `decide_token` for the default)."""
+                   max_body_bytes: int = MAX_BODY_BYTES, mount: MountFactory | None = None) -> ASGIApp:
+    """The MCP app at `/mcp` behind `HttpGuard`; `token` is enforced as given (see `decide_token` for the default).
+    `mount` serves another app (the harness's dashboard) at the other paths, built from the same policy."""
     policy = HttpPolicy.for_bind(host, port, token, max_body_bytes)
     server = build_server(engine)
     app = server.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=policy.sdk_settings(),
                                      max_request_body_size=max_body_bytes, host=host)
-    return HttpGuard(app, policy)
+    guarded = HttpGuard(app, policy)
+    return guarded if mount is None else _MountBesideMcp(guarded, mount(policy))
 
 
 def display_url(host: str, port: int) -> str:
@@ -324,12 +345,12 @@ def uvicorn_config(app: ASGIApp, *, host: str, port: int) -> uvicorn.Config:
                           http=HeaderTimeoutProtocol)
 
 
-def serve_http(engine: Engine | EngineSlot, *, host: str = "127.0.0.1", port: int = 8765,
-               token: str | None = None) -> int:
+def serve_http(engine: Engine | EngineSlot, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+               mount: MountFactory | None = None) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit status (2 when the address or token is unusable)."""
     try:
         decision = decide_token(host, token)
-        app = build_http_app(engine, host=host, port=port, token=decision.token)
+        app = build_http_app(engine, host=host, port=port, token=decision.token, mount=mount)
     except HttpSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -21,6 +22,9 @@ from server.app import EngineSlot, build_server
 from server.config import Config, ConfigError, load_config
 from server.engine import Engine
 from server.runstate import RunError, load_run
+
+if TYPE_CHECKING:
+    from server.http import MountFactory
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,7 @@ def open_slot(workspace: Path, tag: str | None, config_path: Path | None, profil
 
 def main_serve(workspace: Path, tag: str | None, config_path: Path | None, profile: str | None,
                http: bool = False, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-               verbose: bool = False) -> int:
+               verbose: bool = False, mount: "MountFactory | None" = None) -> int:
     slot = open_slot(workspace, tag, config_path, profile, verbose)
     if slot.engine is not None:
         log.info("serving run %s of %s (pid %d)", slot.engine.run.tag, workspace, os.getpid())
@@ -98,6 +102,6 @@ def main_serve(workspace: Path, tag: str | None, config_path: Path | None, profi
     if http:
         from server.http import serve_http
 
-        return serve_http(slot, host=host, port=port, token=token)
+        return serve_http(slot, host=host, port=port, token=token, mount=mount)
     anyio.run(serve_stdio, slot)
     return 0
