@@ -72,6 +72,12 @@ class Lab:
         (self.workspace / "train.py").write_text(head + sep + textwrap.dedent(code) + "\n" + rest)
         return self.call("run_experiment", {"description": "attack"})
 
+    def settle(self) -> None:
+        """Decide whatever a failed test left pending and restore train.py, so the next attack starts clean."""
+        if self.engine.read_results().pending_id is not None:
+            self.call("commit_or_revert", {"prefer": "revert"})
+        (self.workspace / "train.py").write_text(self.original)
+
     def call(self, tool: str, args: dict) -> dict:
         async def go() -> dict:
             async with Client(build_server(self.engine)) as client:
@@ -132,6 +138,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _settled(lab: Lab) -> Iterator[None]:
+    yield
+    lab.settle()
 
 
 def assert_void_or_honest(lab: Lab, result: dict) -> None:
@@ -364,7 +376,8 @@ def test_the_holdout_value_never_reaches_the_agent(lab: Lab) -> None:
         if path.is_file() and ".git" not in path.parts:
             visible.append(path.read_text(errors="replace"))
     for value in values:
-        assert not any(value in text for text in visible), f"holdout value {value} is visible to the agent"
+        seen = [text[max(0, text.find(value) - 80):text.find(value) + 20] for text in visible if value in text]
+        assert seen == [], f"holdout value {value} is visible to the agent: {seen}"
     assert not any("holdout_bpb" in text for text in visible)
 
 
