@@ -756,6 +756,11 @@ def load_program(path: Path, trusted: tuple[str, ...] = TRUSTED_OP_NAMESPACES) -
     except Exception as exc:
         raise EvaluationRejected(f"{path} is not a program saved by prepare.save_checkpoint "
                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    try:  # functional form: every in-place update of state becomes visible in the signature
+        program = program.run_decompositions({})
+    except Exception as exc:
+        raise EvaluationRejected(f"the exported model cannot be put in functional form ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]})") from None
     sig = program.graph_signature
     if sig.buffers_to_mutate or sig.user_inputs_to_mutate:
         raise EvaluationRejected("the exported model mutates state (buffers or inputs) in forward; the evaluation "
@@ -778,7 +783,8 @@ def load_program(path: Path, trusted: tuple[str, ...] = TRUSTED_OP_NAMESPACES) -
             target = node.target
             if target is operator.getitem:
                 continue
-            if isinstance(target, torch._ops.OpOverload) and target.namespace in trusted:
+            if isinstance(target, torch._ops.OpOverload) and target.namespace in trusted \
+                    and not target._schema.is_mutable:
                 continue
             raise EvaluationRejected(f"the exported graph calls {target!r}, which is not an operator of a trusted "
                                      f"namespace ({', '.join(trusted)}); use plain tensor operations")

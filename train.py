@@ -373,6 +373,8 @@ def main() -> None:
         f"{100 * flops_per_token(model) * tokens / training_time / peak_flops:.2f}"
     results: dict[str, object] = {}
     if checkpoint is not None:
+        if ATTENTION_NAME != "sdpa":  # the evaluator runs aten operators only; SDPA computes the same function
+            ATTENTION_NAME, attention = select_attention("cpu")
         prepare.save_checkpoint(model, checkpoint, config)
     else:
         model.eval()

@@ -70,10 +70,13 @@ def _common(parser: argparse.ArgumentParser, tag: bool = True, inner: bool = Fal
 
 # ---- commands ----
 
+UNSEALED_HELP = ("create the run even where experiments cannot be sealed (no bubblewrap or user namespaces): "
+                 "train.py could then forge its score, and every result is marked unsealed")
+
 def cmd_init(args: argparse.Namespace) -> int:
     """Create branch autoresearch/<tag>, pin the locked files and create runs/<tag>/."""
     config = _load(args)
-    info = init_run(config, args.tag or default_tag())
+    info = init_run(config, args.tag or default_tag(), allow_unsealed=args.allow_unsealed)
     pins = ", ".join(f"{p.path} {p.sha256[:12]}" for p in info.pins)
     print(f"run {info.tag}: branch {info.branch} at {info.base_commit[:7]}; pinned {pins}")
     print(f"profile {config.profile or '(none)'}: budget {config.time_budget_s:g} s, hard limit "
@@ -256,7 +259,7 @@ def _init_or_resume(config: Config, args: argparse.Namespace) -> RunInfo:
     except RunError:
         if args.resume:
             raise CliError(f"--resume given but there is no run {tag!r}: drop --resume to create it")
-        return init_run(config, tag)
+        return init_run(config, tag, allow_unsealed=getattr(args, "allow_unsealed", False))
     if not args.resume:
         raise CliError(f"run {tag!r} already exists: add --resume to continue it, or pick a new --tag")
     set_current(config, tag)
@@ -394,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    add("init", cmd_init)
+    p = add("init", cmd_init)
+    p.add_argument("--allow-unsealed", action="store_true", help=UNSEALED_HELP)
     p = add("serve", cmd_serve)
     p.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
@@ -449,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-experiments", type=int, default=6 if name == "demo" else None,
                        help="stop after this many experiments" + (" (default 6)" if name == "demo" else ""))
         p.add_argument("--seed", type=int, default=0, help="random agent seed (default 0)")
+        p.add_argument("--allow-unsealed", action="store_true", help=UNSEALED_HELP)
     p = add("review", cmd_review)
     p.add_argument("--step", action="store_true", help="walk through the kept changes one by one, each with its diff")
     p = add("promote", cmd_promote)

@@ -277,7 +277,8 @@ async def execute(config: Config, plan: Plan, paths: ExperimentPaths,
             launch_env = env
     except (ConfigError, sandbox.SandboxUnavailable) as exc:
         return Outcome("crash", f"the command cannot be started: {exc}", None, False, sealed=plan.sealed)
-    train = await run_process(argv, cwd=paths.experiment_dir, env=launch_env, marker=marker,
+    train = await run_process(argv, cwd=paths.experiment_dir if plan.sealed else paths.work, env=launch_env,
+                              marker=marker,
                               log_path=paths.experiment_dir / "run.log", log_max_bytes=cfg.log_max_bytes,
                               timeout_s=wall_limit, cpu_limit_s=cpu_limit, tail_lines=cfg.tail_lines,
                               on_started=on_started,

@@ -25,7 +25,7 @@ from server.config import load_config
 from server.engine import Engine
 from server.runstate import init_run, load_run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 TINY = {"AUTORESEARCH_DATA": "offline", "AUTORESEARCH_CORPUS_BYTES": "400000", "AUTORESEARCH_VOCAB_SIZE": "512",
         "AUTORESEARCH_SEQ_LEN": "64", "AUTORESEARCH_EVAL_TOKENS": "1024"}
@@ -72,6 +72,12 @@ class Lab:
         (self.workspace / "train.py").write_text(head + sep + textwrap.dedent(code) + "\n" + rest)
         return self.call("run_experiment", {"description": "attack"})
 
+    def settle(self) -> None:
+        """Decide whatever a failed test left pending and restore train.py, so the next attack starts clean."""
+        if self.engine.read_results().pending_id is not None:
+            self.call("commit_or_revert", {"prefer": "revert"})
+        (self.workspace / "train.py").write_text(self.original)
+
     def call(self, tool: str, args: dict) -> dict:
         async def go() -> dict:
             async with Client(build_server(self.engine)) as client:
@@ -108,8 +114,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         prepare.prepare(prepare.source_settings())
         ws = root / "ws"
         ws.mkdir()
-        for name in ("prepare.py", "train.py"):
-            shutil.copy(REPO_ROOT / name, ws / name)
+        shutil.copy(REPO_ROOT / "prepare.py", ws / "prepare.py")
+        small = (REPO_ROOT / "train.py").read_text()
+        for name, value in (("DEPTH", "2"), ("MODEL_DIM", "64"), ("HEAD_DIM", "16"), ("TOTAL_BATCH_TOKENS", "2**10"),
+                            ("DEVICE_BATCH_SIZE", "8")):  # the real train.py at a size that keeps the suite quick
+            head, sep, rest = small.partition(f"\n{name} = ")
+            assert sep, name
+            small = head + sep + value + "  # " + rest.split("#", 1)[1]
+        (ws / "train.py").write_text(small)
         (ws / "autoresearch.toml").write_text(CONFIG)
         (ws / ".gitignore").write_text("__pycache__/\nruns/\n")
         git(ws, "init", "-q", "-b", "main")
@@ -126,6 +138,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _settled(lab: Lab) -> Iterator[None]:
+    yield
+    lab.settle()
 
 
 def assert_void_or_honest(lab: Lab, result: dict) -> None:
@@ -335,10 +353,10 @@ def test_rewriting_the_evaluation_data_between_experiments_makes_the_next_one_in
 
 
 def test_a_config_written_after_init_changes_nothing_for_the_run(lab: Lab) -> None:
-    (lab.workspace / "autoresearch.toml").write_text(CONFIG.replace("time_budget_s = 2", "time_budget_s = 999"))
+    (lab.workspace / "autoresearch.toml").write_text(CONFIG.replace("time_budget_s = 2", "time_budget_s = 99"))
     try:
         config = load_config(lab.workspace)
-        assert config.time_budget_s == 999
+        assert config.time_budget_s == 99
         reopened = Engine(config, load_run(config, "attacks"))
         assert reopened.config.time_budget_s == 2
         assert reopened.config.evaluate.command == lab.engine.config.evaluate.command
@@ -350,7 +368,7 @@ def test_the_holdout_value_never_reaches_the_agent(lab: Lab) -> None:
     private = Path(os.environ["AUTORESEARCH_PRIVATE_DIR"])
     records = [json.loads(line) for path in private.rglob("holdout.jsonl") for line in path.read_text().splitlines()]
     assert records and all("holdout_bpb" in r for r in records)
-    values = {f"{r['holdout_bpb']:.6f}" for r in records} | {repr(r["holdout_bpb"]) for r in records}
+    values = {f"{r['holdout_bpb']:.6f}" for r in records}
     view = json.dumps(lab.call("read_results", {"last_n": 50}))
     detail = json.dumps(lab.call("read_results", {"experiment_id": 1}))
     visible = [view, detail]
@@ -358,7 +376,8 @@ def test_the_holdout_value_never_reaches_the_agent(lab: Lab) -> None:
         if path.is_file() and ".git" not in path.parts:
             visible.append(path.read_text(errors="replace"))
     for value in values:
-        assert not any(value in text for text in visible), f"holdout value {value} is visible to the agent"
+        seen = [text[max(0, text.find(value) - 80):text.find(value) + 20] for text in visible if value in text]
+        assert seen == [], f"holdout value {value} is visible to the agent: {seen}"
     assert not any("holdout_bpb" in text for text in visible)
 
 
