@@ -49,10 +49,10 @@ def test_beyond_loopback_run_data_without_the_right_token_is_refused(run: BuiltR
     with remote_client(run, TOKEN) as client:
         for path in DATA_PATHS[:-1]:
             missing = client.get(path)
-            assert missing.status_code == 401, path
+            assert missing.status_code == 403, path
             assert "bearer token" in missing.json()["error"]["message"]
             wrong = client.get(path, headers={"Authorization": "Bearer " + "x" * 32})
-            assert wrong.status_code == 401, path
+            assert wrong.status_code == 403, path
         allowed = client.get("/api/summary", headers={"Authorization": f"Bearer {TOKEN}"})
         assert allowed.status_code == 200 and allowed.json()["tag"] == run.tag
         # The page's fixed files carry no run data and load without the token, so a browser can start.
@@ -144,7 +144,7 @@ def test_serve_http_with_the_dashboard_keeps_the_tools_at_mcp_and_the_same_guard
     with serving_mcp_with_dashboard(workspace) as (base, data):
         auth = {"Authorization": f"Bearer {TOKEN}"}
         assert httpx.get(base + "/", timeout=10).status_code == 200
-        assert httpx.get(base + "/api/summary", timeout=10).status_code == 401
+        assert httpx.get(base + "/api/summary", timeout=10).status_code == 403
         summary = httpx.get(base + "/api/summary", headers=auth, timeout=10)
         assert summary.status_code == 200 and summary.json()["tag"] == data.meta.tag
         assert httpx.post(base + "/api/summary", headers=auth, timeout=10).status_code == 405
