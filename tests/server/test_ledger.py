@@ -117,12 +117,15 @@ def test_results_tsv_matches_the_original_format_byte_for_byte(tmp_path: Path) -
     expected = (
         "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
         "a1b2c3d\t0.997900\t43.0\tkeep\tbaseline\n"
-        "2c0ffee\t1.005123\t43.2\tdiscard\tincrease LR to 0.04\n"
         "3c0ffee\t0.000000\t0.0\tcrash\tdouble width\n"
         "4c0ffee\t0.000000\t2.0\tcrash\t[timeout] huge model second line\n"
         "5c0ffee\t0.000000\t2.0\tcrash\t[invalid] tokenizer hack\n"
+        "2c0ffee\t1.005123\t43.2\tdiscard\tincrease LR to 0.04\n"
         "f00dfee\t0.987100\t1.5\tkeep\t[unverified] gelu to relu^2\n"
-    )
+    )  # rows in the order the outcomes were decided, as the original loop appends them
+    assert (tmp_path / "results.tsv").read_bytes() == expected.encode()
+    (tmp_path / "results.tsv").unlink()
+    ledger.write_results_tsv()
     assert (tmp_path / "results.tsv").read_bytes() == expected.encode()
 
     (tmp_path / "results.tsv").unlink()
