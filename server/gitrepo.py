@@ -192,6 +192,27 @@ class GitRepo:
                 changed.append(rel)
         return sorted(set(changed))
 
+    def ref_exists(self, ref: str) -> bool:
+        return self._ok("show-ref", "--verify", "--quiet", ref)
+
+    def parent_and_tree(self, commit: str) -> tuple[str | None, str]:
+        """(first parent or None, tree) of ``commit``."""
+        tree = self._git("rev-parse", "--verify", f"{commit}^{{tree}}")
+        status, out, _ = self._repo.git.execute(["git", *NO_HOOKS, "rev-parse", "--verify", "--quiet", f"{commit}^1"],
+                                                with_exceptions=False, with_extended_output=True)
+        return (str(out).strip() if status == 0 else None), tree
+
+    def message_of(self, commit: str) -> str:
+        """The first line of ``commit``'s message."""
+        return self._git("log", "-1", "--format=%s", commit, "--")
+
+    def delete_ref(self, ref: str, expected: str | None = None) -> None:
+        """Delete ``ref`` (only while it still points at ``expected`` when given); a missing ref is not an error."""
+        if not ref.startswith("refs/") or ref.startswith("refs/heads/"):
+            raise GitError(f"refusing to delete {ref!r}: only refs outside refs/heads/ are removed this way")
+        if self.ref_exists(ref):
+            self._git("update-ref", "-d", ref, *([expected] if expected else []))
+
     def refs_under(self, prefix: str) -> dict[str, str]:
         """Refs whose full name starts with ``prefix`` (e.g. ``refs/autoresearch/tag/``), mapped to their shas."""
         out = self._git("for-each-ref", "--format=%(refname) %(objectname)", prefix.rstrip("/"))

@@ -389,6 +389,20 @@ class Ledger:
             return {"total": len(self._ids), **{s: len(ids) for s, ids in self._by_status.items()},
                     "kept": self._n_keep, "discarded": self._decided - self._n_keep, "pending": len(self._pending)}
 
+    def line_of(self, experiment_id: int, kind: str) -> LedgerLine | None:
+        """The experiment's own line (`kind` "experiment") or the line that decided it ("decision": its own line when
+        the decision came with it), as written; None when there is none."""
+        with self._mutex:
+            self.refresh()
+            entry = self._entries.get(experiment_id)
+            if entry is None or (kind == "decision" and entry.decision is None):
+                return None
+            if kind == "decision" and entry.decision_offset is not None:
+                offset, length, line_kind = entry.decision_offset, entry.decision_length, "decision"
+            else:
+                offset, length, line_kind = entry.offset, entry.length, "experiment"
+            return LedgerLine(offset, jsonl.read_at(self.path, offset, length), line_kind, experiment_id)
+
     def _read(self, entry: _Entry) -> Experiment:
         raw = jsonl.read_at(self.path, entry.offset, entry.length)
         exp = Experiment.from_json({k: v for k, v in json.loads(raw).items() if k != "type"})

@@ -31,3 +31,11 @@ def _no_stray_agent_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("AUTORESEARCH_SESSION_ID", "AUTORESEARCH_TAG", "AUTORESEARCH_WORKSPACE", "AUTORESEARCH_PROFILE",
                 "AUTORESEARCH_CHECKPOINT", "AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_TOKEN"):
         monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _audit_keys_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run keys of the audit chain go to a folder of the test's own, never the user's ~/.config."""
+    keys = tmp_path_factory.mktemp("keys")
+    monkeypatch.setenv("AUTORESEARCH_KEY_DIR", str(keys))
+    return keys
