@@ -300,7 +300,7 @@ class Ledger:
                 data = self.results_path.read_bytes()
                 current = data.endswith(b"\n") and data.count(b"\n") - 1 == self._decided
             except FileNotFoundError:
-                current = self._decided == 0
+                current = not self._ids
             if current:
                 return False
             self._write_results_unlocked()
