@@ -352,7 +352,8 @@ def _check_line(line_no: int, raw: bytes, prev_seq: int, prev_hash: str, key: by
     except ValueError as exc:
         return f"line {line_no}: does not parse as an audit record: {exc}"
     if not hmac.compare_digest(rec.computed_hash(key), rec.hash):
-        return (f"line {line_no} (seq {rec.seq}): content altered: hash mismatch (edited, or written without the run's key)")
+        return (f"line {line_no} (seq {rec.seq}): content altered: hash mismatch "
+                "(edited, or written without the run's key)")
     if rec.seq != prev_seq + 1:
         return (f"line {line_no}: expected seq {prev_seq + 1} after seq {prev_seq} but found seq {rec.seq}: "
                 "a record was removed or the lines were reordered")

@@ -164,7 +164,7 @@ class Engine:
             with self._experiment_lock():
                 notes = [n for n in (self._last_recovery_note, self._recover_orphans()) if n]
                 with jsonl.locked(self.ledger.path):
-                    litter = jsonl.remove_temp_files(self.run_dir, ["results.tsv", "experiments.jsonl"])
+                    litter = jsonl.remove_temp_files(self.run_dir, ["results.tsv", "experiments.idx"])
                 with jsonl.locked(self.audit.path):
                     litter += jsonl.remove_temp_files(self.run_dir, ["audit.head"])
                 litter += jsonl.remove_temp_files(self.run_dir, ["inflight.json", "decision.json"])
@@ -357,14 +357,20 @@ class Engine:
         wrote inflight.json (nothing ran: removed) or one whose inflight.json was lost after the command started
         (it has a run.log: recorded as a crash, so it cannot vanish)."""
         top = self.ledger.max_id()
-        prefix = f"refs/autoresearch/{self.run.tag}/"
-        refs = {int(name[len(prefix):]): sha for name, sha in self.repo.refs_under(prefix).items()
-                if name[len(prefix):].isdigit()}
-        folders = {int(p.name) for p in (self.run_dir / "experiments").glob("[0-9][0-9][0-9][0-9]*") if p.name.isdigit()}
         notes = []
-        for exp_id in sorted(i for i in set(refs) | folders if i > top):
+        candidates: list[tuple[int, str | None]] = []
+        exp_id, misses = top, 0
+        while misses < 3:  # each failed start uses one id, so leftovers sit just above the last recorded one
+            exp_id += 1
+            ref = self._ref(exp_id)
+            commit = self.repo.resolve(ref) if self.repo.ref_exists(ref) else None
+            if commit is None and not (self.run_dir / "experiments" / f"{exp_id:04d}").exists():
+                misses += 1
+                continue
+            misses = 0
+            candidates.append((exp_id, commit))
+        for exp_id, commit in candidates:
             exp_dir = self.run_dir / "experiments" / f"{exp_id:04d}"
-            commit = refs.get(exp_id)
             if commit is not None and (exp_dir / "run.log").exists():
                 parent, _ = self.repo.parent_and_tree(commit)
                 message = self.repo.message_of(commit)

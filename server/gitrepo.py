@@ -70,7 +70,8 @@ class GitRepo:
 
     def _ok(self, *args: str) -> bool:
         """True when ``git args...`` exits 0 (for questions whose answer is the exit status)."""
-        status, _, _ = self._repo.git.execute(["git", *NO_HOOKS, *args], with_exceptions=False, with_extended_output=True)
+        status, _, _ = self._repo.git.execute(["git", *NO_HOOKS, *args], with_exceptions=False,
+                                              with_extended_output=True)
         return status == 0
 
     @staticmethod
@@ -95,7 +96,8 @@ class GitRepo:
     def current_branch(self) -> str | None:
         """The checked-out branch's short name, or None when HEAD is detached."""
         status, out, _ = self._repo.git.execute(
-            ["git", *NO_HOOKS, "symbolic-ref", "--quiet", "--short", "HEAD"], with_exceptions=False, with_extended_output=True
+            ["git", *NO_HOOKS, "symbolic-ref", "--quiet", "--short", "HEAD"], with_exceptions=False,
+            with_extended_output=True
         )
         return str(out).strip() if status == 0 else None
 

@@ -249,7 +249,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def read_whole_lines_from(path: os.PathLike[str] | str, offset: int) -> tuple[list[tuple[int, bytes]], int, tuple[int, int] | None]:
+def read_whole_lines_from(path: os.PathLike[str] | str,
+                          offset: int) -> tuple[list[tuple[int, bytes]], int, tuple[int, int] | None]:
     """The whole lines appended since byte `offset`, each with the offset it starts at, the offset just past the
     last whole line (-1 when the file is now shorter than `offset`), and the file's identity (device, inode), None
     when it does not exist. A torn final fragment is

@@ -14,8 +14,14 @@ catch up from their offset under it, then append, so several servers or slots ca
 Why JSON lines with an in-memory index and not SQLite: the ledger must stay a file a person can read with `less`,
 `jq` and `tail -f` and that the audit chain can hash line by line (`audit verify` compares each line's sha256 with
 the chain); appends of whole lines under `flock` are already crash-safe (a torn last line is the only possible damage
-and it is cut); and the index rebuilt at start-up from the file cannot disagree with it. SQLite would add a second
-copy (the JSONL export) to keep consistent and a binary file the chain could not hash by line.
+and it is cut); and the index is derived from the file, so it can always be rebuilt from it. SQLite would add a
+second copy (the JSONL export) to keep consistent and a binary file the chain could not hash by line.
+
+The index is also kept on disk, `experiments.idx`: one short JSON array per ledger line (where the line is, its id,
+status, metric, decision), appended under the same lock. Opening a run reads that file (about 1/40 of the ledger)
+instead of parsing every ledger line, checks that its entries tile the ledger and that its last entry matches the
+ledger line at that offset, then reads the ledger lines it does not cover yet. A missing, torn, stale or damaged
+index is rebuilt from the ledger; it is a cache and never decides anything the ledger does not say.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ DECISIONS: tuple[str, ...] = get_args(Decision)
 
 LEDGER_FILE = "experiments.jsonl"
 RESULTS_FILE = "results.tsv"
+INDEX_FILE = "experiments.idx"  # a cache of the index, so opening a long run does not parse every line
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,7 @@ class Ledger:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LEDGER_FILE
         self.results_path = self.run_dir / RESULTS_FILE
+        self.index_path = self.run_dir / INDEX_FILE
         self.metric_name = metric_name
         self.on_append = on_append
         self._mutex = threading.RLock()
@@ -165,6 +173,8 @@ class Ledger:
     def refresh(self) -> None:
         """Fold in what was appended since the last look (a replaced or truncated file is read again from the start)."""
         with self._mutex:
+            if self._identity is None and self._offset == 0:
+                self._load_index()
             lines, end, identity = jsonl.read_whole_lines_from(self.path, self._offset)
             if self._identity is not None and (identity != self._identity or end < 0):
                 log.warning("%s was replaced or truncated since it was last read; reading it again", self.path)
@@ -183,13 +193,13 @@ class Ledger:
                 raise ValueError(f"expected a JSON object, found {type(rec).__name__}")
             kind = rec.get("type")
             if kind == "experiment":
-                exp = Experiment.from_json({k: v for k, v in rec.items() if k != "type"})
-                if exp.id in self._entries:
-                    raise ValueError(f"experiment {exp.id} recorded twice")
-                self._add(_Entry(exp.id, offset, len(raw), exp.status, exp.metric, exp.is_baseline))
-                if exp.decision is not None:
-                    self._decide(exp.id, exp.decision, exp.kept_commit, None, 0)
-                return LedgerLine(offset, raw, "experiment", exp.id)
+                exp_id = _check_experiment_line(rec)  # the checks of Experiment without building one
+                if exp_id in self._entries:
+                    raise ValueError(f"experiment {exp_id} recorded twice")
+                self._add(_Entry(exp_id, offset, len(raw), rec["status"], rec["metric"], bool(rec["is_baseline"])))
+                if rec["decision"] is not None:
+                    self._decide(exp_id, rec["decision"], rec["kept_commit"], None, 0)
+                return LedgerLine(offset, raw, "experiment", exp_id)
             if kind == "decision":
                 target = self._entries.get(rec.get("experiment_id"))  # type: ignore[arg-type]
                 if target is None:
@@ -204,6 +214,83 @@ class Ledger:
             raise ValueError(f"unknown line type {kind!r} (expected 'experiment' or 'decision')")
         except (ValueError, TypeError, KeyError) as exc:
             raise jsonl.CorruptFileError(self.path, self._lines, str(exc)) from exc
+
+    # ---- the index cache ----
+
+    def _load_index(self) -> None:
+        """Start from `experiments.idx` when it checks out against the ledger; otherwise leave the state empty (the
+        ledger is then read in full and the index rewritten at the next append)."""
+        try:
+            identity = _identity(self.path)
+            data = self.index_path.read_bytes()
+        except FileNotFoundError:
+            return
+        if identity is None or not data:
+            return
+        lines = data.split(b"\n")[:-1]
+        try:
+            rows = json.loads(b"[" + b",".join(lines) + b"]")
+            end = 0
+            for row in rows:
+                offset, length, kind, exp_id, status, metric, baseline, decision, kept = row
+                if offset != end:
+                    raise ValueError(f"entry at byte {offset} does not follow the one ending at {end}")
+                self._lines += 1
+                if kind == "e":
+                    if exp_id in self._entries:
+                        raise ValueError(f"experiment {exp_id} indexed twice")
+                    self._add(_Entry(exp_id, offset, length, status, metric, bool(baseline)))
+                    if decision is not None:
+                        self._decide(exp_id, decision, kept, None, 0)
+                elif kind == "d" and exp_id in self._entries and self._entries[exp_id].decision is None:
+                    self._decide(exp_id, decision, kept, offset, length)
+                else:
+                    raise ValueError(f"entry {row!r} does not fit the entries before it")
+                end = offset + length + 1
+            if rows:
+                last = rows[-1]
+                rec = json.loads(jsonl.read_at(self.path, last[0], last[1] + 1))
+                if rec.get("type")[0] != last[2] or rec.get("id", rec.get("experiment_id")) != last[3]:
+                    raise ValueError("its last entry does not match the ledger line at that offset")
+        except (ValueError, TypeError, KeyError, IndexError, OSError) as exc:
+            log.warning("%s does not match %s (%s); reading the ledger in full and rebuilding it",
+                        self.index_path, self.path, exc)
+            self._reset()
+            return
+        self._offset = end
+        self._identity = identity
+
+    def _index_row(self, offset: int, length: int, record: Mapping[str, Any]) -> list[Any]:
+        if record["type"] == "experiment":
+            return [offset, length, "e", record["id"], record["status"], record["metric"], record["is_baseline"],
+                    record["decision"], record["kept_commit"]]
+        kept = record["commit"] if record["decision"] == "keep" else None
+        return [offset, length, "d", record["experiment_id"], None, None, None, record["decision"], kept]
+
+    def _append_index_locked(self, offset: int, length: int, record: Mapping[str, Any]) -> None:
+        """Append the new line's entry when the index covers everything before it, else rewrite the index from
+        memory (after a failed write, or a ledger written by an older version). A failure only costs speed."""
+        try:
+            last = jsonl.read_last_line(self.index_path)
+            covered = 0
+            if last is not None:
+                row = json.loads(last)
+                covered = row[0] + row[1] + 1
+            if covered == offset:
+                jsonl.append_bytes_unlocked(self.index_path, _encode_row(self._index_row(offset, length, record)))
+                return
+            rows = []
+            for e in self._entries.values():
+                inline = e.decision if e.decision_offset is None else None
+                rows.append([e.offset, e.length, "e", e.id, e.status, e.metric, e.is_baseline, inline,
+                             e.kept_commit if inline == "keep" else None])
+                if e.decision_offset is not None:
+                    rows.append([e.decision_offset, e.decision_length, "d", e.id, None, None, None, e.decision,
+                                 e.kept_commit if e.decision == "keep" else None])
+            rows.sort(key=lambda r: r[0])
+            jsonl.atomic_write_text(self.index_path, b"".join(_encode_row(r) for r in rows).decode("utf-8"))
+        except (OSError, ValueError, TypeError, IndexError) as exc:
+            log.warning("could not update %s (%s); it is rebuilt from the ledger later", self.index_path, exc)
 
     def _add(self, entry: _Entry) -> None:
         self._entries[entry.id] = entry
@@ -273,6 +360,7 @@ class Ledger:
         self._offset = offset  # the torn tail a crash may have left was cut by the append
         line = self._fold(offset, data[:-1])
         self._offset = offset + len(data)
+        self._append_index_locked(offset, len(data) - 1, record)
         if self.on_append is not None:
             self.on_append(line)
         self._append_row_locked(decided)
@@ -280,7 +368,8 @@ class Ledger:
     # ---- results.tsv ----
 
     def _append_row_locked(self, exp: Experiment | None) -> None:
-        """Append the row of a decided experiment (the header alone for a pending one); a failure leaves results.tsv behind, which `sync_results_tsv` repairs later (the ledger
+        """Append the row of a decided experiment (the header alone for a pending one); a failure leaves results.tsv
+        behind, which `sync_results_tsv` repairs later (the ledger
         line is written, so the call that recorded it must not fail over a derived file)."""
         try:
             if not self.results_path.exists():
@@ -404,12 +493,45 @@ class Ledger:
             return LedgerLine(offset, jsonl.read_at(self.path, offset, length), line_kind, experiment_id)
 
     def _read(self, entry: _Entry) -> Experiment:
-        raw = jsonl.read_at(self.path, entry.offset, entry.length)
-        exp = Experiment.from_json({k: v for k, v in json.loads(raw).items() if k != "type"})
-        if entry.decision_offset is not None:
-            line = json.loads(jsonl.read_at(self.path, entry.decision_offset, entry.decision_length))
-            exp = _apply_decision(exp, line)
+        """The full experiment, read from its line (and its decision's line) by offset."""
+        try:
+            rec = json.loads(jsonl.read_at(self.path, entry.offset, entry.length))
+            if rec.get("type") != "experiment" or rec.get("id") != entry.id:
+                raise ValueError(f"the line at byte {entry.offset} is not experiment {entry.id}")
+            exp = Experiment.from_json({k: v for k, v in rec.items() if k != "type"})
+            if entry.decision_offset is not None:
+                line = json.loads(jsonl.read_at(self.path, entry.decision_offset, entry.decision_length))
+                if line.get("type") != "decision" or line.get("experiment_id") != entry.id:
+                    raise ValueError(f"the line at byte {entry.decision_offset} is not the decision on {entry.id}")
+                exp = _apply_decision(exp, line)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise jsonl.CorruptFileError(self.path, 0, f"experiment {entry.id}: {exc}; the ledger changed under "
+                                         "its index (run `autoresearch audit verify`)") from exc
         return exp
+
+
+def _encode_row(row: list[Any]) -> bytes:
+    return (json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Experiment))
+
+
+def _check_experiment_line(rec: Mapping[str, Any]) -> int:
+    """What `Experiment.from_json` and its `__post_init__` refuse, checked on the parsed line; returns the id."""
+    missing = _FIELDS - rec.keys()
+    if missing:
+        raise ValueError(f"experiment record lacks field(s) {', '.join(sorted(missing))}: {dict(rec)!r:.200}")
+    exp_id = rec["id"]
+    if not isinstance(exp_id, int) or isinstance(exp_id, bool) or exp_id < 1:
+        raise ValueError(f"experiment id {exp_id!r} is invalid; ids are integers from 1 (see Ledger.next_id)")
+    if rec["status"] not in STATUSES:
+        raise ValueError(f"experiment {exp_id}: status {rec['status']!r} is not one of {', '.join(STATUSES)}")
+    if rec["decision"] is not None and rec["decision"] not in DECISIONS:
+        raise ValueError(f"experiment {exp_id}: decision {rec['decision']!r} is not one of {', '.join(DECISIONS)}")
+    if rec["metric"] is not None and not isinstance(rec["metric"], (int, float)):
+        raise ValueError(f"experiment {exp_id}: metric {rec['metric']!r} is not a number")
+    return exp_id
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -55,7 +55,8 @@ def assert_records_consistent(workspace: Path, engine: Engine) -> None:
     chain = git(workspace, "rev-list", "--first-parent", f"{base}..{engine.run.branch}").split()[::-1]
     assert chain == [e.kept_commit for e in kept], "each kept experiment is exactly one commit on the branch"
     for commit, exp in zip(chain, kept):
-        assert git(workspace, "rev-parse", f"{commit}^{{tree}}") == git(workspace, "rev-parse", f"{exp.commit}^{{tree}}")
+        tree = git(workspace, "rev-parse", f"{commit}^{{tree}}")
+        assert tree == git(workspace, "rev-parse", f"{exp.commit}^{{tree}}")
     verdict = verify_run(engine.run, GitRepo(workspace))
     assert verdict.ok, verdict.message
     assert list(engine.run_dir.glob(".*.tmp")) == [], "temporary files left in the run folder"
