@@ -421,8 +421,10 @@ def test_a_new_file_hidden_by_info_exclude_is_caught_by_the_repository_check(wor
 
 def _verify_while_running(workspace: Path, count: int) -> int:
     init_run(load_config(workspace), "t1")
-    proc = subprocess.Popen([sys.executable, str(DRIVER), str(workspace), "t1", str(count), "5"], cwd=REPO_ROOT,
-                            stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    errors = workspace.parent / "driver.err"
+    with errors.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, str(DRIVER), str(workspace), "t1", str(count), "5"], cwd=REPO_ROOT,
+                                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     run_info = load_run(load_config(workspace), "t1")
     repo = GitRepo(workspace)
     checks = 0
@@ -434,8 +436,9 @@ def _verify_while_running(workspace: Path, count: int) -> int:
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    assert proc.returncode == 0 or checks > 0
+    assert proc.returncode == 0, errors.read_text()
     assert verify_run(run_info, repo).ok
+    assert load_config(workspace) and Engine(load_config(workspace), run_info).ledger.max_id() >= count
     return checks
 
 
@@ -445,7 +448,9 @@ def test_audit_verify_in_a_loop_against_a_live_run_raises_no_false_alarm(workspa
 
 @pytest.mark.slow
 def test_audit_verify_in_a_loop_against_a_live_run_of_200_experiments_raises_no_false_alarm(workspace: Path) -> None:
-    assert _verify_while_running(workspace, 200) > 100
+    checks = _verify_while_running(workspace, 200)
+    print(f"{checks} verifications during the run, none failed")
+    assert checks > 20
 
 
 def test_audit_show_piped_into_head_ends_without_a_traceback(workspace: Path) -> None:
