@@ -213,7 +213,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     run = load_run(config, args.tag)
     audit = AuditLog(run.run_dir / "audit.jsonl")
     if args.audit_command == "verify":
-        verdict = audit.verify()
+        from server.gitrepo import GitRepo
+        from server.runcheck import verify_run
+
+        verdict = verify_run(run, GitRepo(config.workspace), audit)
         print(verdict.message)
         return 0 if verdict.ok else 1
     records = filter_records(audit.records(), tool=args.tool, status=args.status, actor=args.actor, event=args.event,
@@ -221,8 +224,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
                              until=_parse_time(args.until) if args.until else None)
     if args.last:
         records = records[-args.last:]
-    for record in records:
-        print(json.dumps(record.to_json(), ensure_ascii=False) if args.json else format_record(record))
+    try:
+        for record in records:
+            print(json.dumps(record.to_json(), ensure_ascii=False) if args.json else format_record(record))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `audit show --json | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        os.close(devnull)
     return 0
 
 

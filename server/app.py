@@ -12,6 +12,7 @@ tools; each call then says how to create the run, and the first call after `init
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from pydantic import BaseModel
 
 from server.arguments import TOOL_ARGS, ArgumentsRefused, input_schema, shown, validate
 from server.config import Config, ConfigError
+from server.audit import AuditError
 from server.engine import Engine, Refusal
 from server.models import DecisionResult, ReadResultsResult, RunExperimentResult
 from server.runstate import RunError
@@ -66,6 +68,31 @@ def _summary(result: BaseModel) -> dict[str, Any]:
     for bulky in ("log_tail", "experiments", "detail", "next_step"):
         data.pop(bulky, None)
     return data
+
+
+def _try_audit(engine: Engine, **record: Any) -> str | None:
+    """Append the call's audit record; a failure (a full disk) is logged and returned as a sentence instead of
+    replacing the tool's own result with a bare "Error executing tool"."""
+    try:
+        engine.audit.append("server", "tool_call", **record)
+        return None
+    except (OSError, AuditError) as exc:
+        log.error("could not write the audit record of %s: %s", record.get("tool"), exc)
+        return f"(The audit record of this call could not be written: {exc})"
+
+
+def describe_os_error(tool: str, exc: OSError) -> str:
+    """What an I/O failure means for the agent: the cause, what was and was not recorded, and what to do next."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause = "the disk holding the run's records is full"
+    elif exc.errno == errno.EROFS:
+        cause = "the file system holding the run's records is read-only"
+    else:
+        cause = f"an I/O error occurred ({os.strerror(exc.errno) if exc.errno else type(exc).__name__})"
+    return (f"{tool} could not finish: {cause}: {exc}. Nothing half-done is kept: an experiment that started is "
+            "recorded and a decision that began is completed exactly once as soon as the server can write again. "
+            "A person must free disk space (old runs/*/experiments/*/checkpoint.pt files are the usual culprits); "
+            "stop making changes and call read_results in a few minutes.")
 
 
 # The arguments exactly as the client sent them, for the audit record of the call being served.
@@ -173,15 +200,17 @@ async def _audited(slot: EngineSlot, tool: str, ctx: Context | None, call: Calla
     try:
         result = await call(engine, caller)
     except Refusal as exc:
-        engine.audit.append("server", "tool_call", session=session, tool=tool, args=args, status="refused",
-                            summary={"error": str(exc), "caller": caller},
-                            duration_ms=(time.monotonic() - start) * 1000)
-        raise AgentFacingError(str(exc)) from None
+        note = _try_audit(engine, session=session, tool=tool, args=args, status="refused",
+                          summary={"error": str(exc), "caller": caller}, duration_ms=(time.monotonic() - start) * 1000)
+        raise AgentFacingError(" ".join(x for x in (str(exc), note) if x)) from None
     except BaseException as exc:
         status = "cancelled" if type(exc).__name__ in ("CancelledError", "Cancelled") else "error"
-        engine.audit.append("server", "tool_call", session=session, tool=tool, args=args, status=status,
-                            summary={"error": f"{type(exc).__name__}: {exc}"[:500], "caller": caller},
-                            duration_ms=(time.monotonic() - start) * 1000)
+        note = _try_audit(engine, session=session, tool=tool, args=args, status=status,
+                          summary={"error": f"{type(exc).__name__}: {exc}"[:500], "caller": caller},
+                          duration_ms=(time.monotonic() - start) * 1000)
+        if isinstance(exc, OSError):
+            log.error("%s failed: %s", tool, exc)
+            raise AgentFacingError(" ".join(x for x in (describe_os_error(tool, exc), note) if x)) from exc
         if isinstance(exc, Exception) and not isinstance(exc, ToolError):
             log.exception("%s failed", tool)
             raise AgentFacingError(f"{tool} failed inside the server ({type(exc).__name__}: {exc}). "
@@ -189,8 +218,8 @@ async def _audited(slot: EngineSlot, tool: str, ctx: Context | None, call: Calla
         raise
     summary = _summary(result)
     summary["caller"] = caller
-    engine.audit.append("server", "tool_call", session=session, tool=tool, args=args, status="ok",
-                        summary=summary, duration_ms=(time.monotonic() - start) * 1000)
+    _try_audit(engine, session=session, tool=tool, args=args, status="ok", summary=summary,
+               duration_ms=(time.monotonic() - start) * 1000)  # the effect is recorded: the call succeeded
     return result
 
 
