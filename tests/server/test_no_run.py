@@ -47,7 +47,7 @@ async def test_without_a_run_the_tools_are_listed_and_each_call_says_how_to_star
         init_run(load_config(workspace), "t1")
         base = await client.call_tool("run_experiment", {"description": "baseline"})
         assert not base.is_error and base.structured_content["status"] == "ok"
-    assert slot.engine is not None and [r.tool for r in slot.engine.audit.records()] == ["run_experiment"]
+    assert slot.engine is not None and [r.tool for r in slot.engine.audit.records() if r.event == "tool_call"] == ["run_experiment"]
 
 
 async def test_a_named_tag_that_does_not_exist_is_named_in_the_answer(workspace: Path) -> None:
