@@ -16,13 +16,13 @@ that sandbox:
   session (`failIfUnavailable: true`) instead of running the command unsandboxed.
 
 What it does not cover. A command may still create a new file in the workspace root (the working directory stays
-writable for names that do not exist): the hooks run with `python -P` so such a file is never imported by them, the
-server commits only the mutable files, and the file guard restores anything locked. Read access is not narrowed
-beyond the secrets: the agent may read the code, the ledger and the logs, as it may with the Read tool. The static
-shell policy (`bash_policy`) still reads each command first and refuses the obvious writes with a friendly message;
-the sandbox is what holds when that reading is fooled.
+writable for names that do not exist): the hooks and the MCP server run with `python -P` so such a file is never
+imported by them, and the file guard moves it to `runs/<tag>/quarantine/` between experiments. Read access is not
+narrowed beyond the secrets: the agent may read the code, the ledger and the logs, as it may with the Read tool. The
+static shell policy (`bash_policy`) still reads each command first and refuses the obvious writes with a friendly
+message; the sandbox is what holds when that reading is fooled.
 
-Where the sandbox cannot start (no bwrap or socat, a kernel without user namespaces, macOS without Seatbelt) the
+Where the sandbox cannot start (no bwrap or socat, a kernel without user namespaces, a platform other than Linux) the
 harness refuses `--allow-bash` unless the user also passes `--allow-unsandboxed-bash`.
 """
 
@@ -121,15 +121,14 @@ def _siblings_to_deny(root: Path, allowed: Iterable[str]) -> set[Path]:
     return denied
 
 
-def sandbox_settings(config: Config, run_dir: Path, *, key_dir: Path, extra_denied: Iterable[Path] = ()) -> dict[str,
-                                                                                                               Any]:
+def sandbox_settings(config: Config, run_dir: Path, *, key_dir: Path) -> dict[str, Any]:
     """The `sandbox` block of Claude Code's settings for this run (keys honoured by Claude Code 2.1.330)."""
     ws = config.workspace
     mutable = {os.path.normpath(ws / rel) for rel in config.mutable}
     deny_write = _siblings_to_deny(ws, config.mutable)
     deny_write.update(ws / name for name in ALWAYS_PROTECTED)
     deny_write.update(ws / rel for rel in config.locked)
-    deny_write.update({config.runs_dir, config.source, run_dir, key_dir, *extra_denied})
+    deny_write.update({config.runs_dir, config.source, run_dir, key_dir})
     paths = sorted({os.path.normpath(p) for p in deny_write} - mutable)
     return {
         "enabled": True,

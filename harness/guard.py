@@ -13,9 +13,10 @@ Besides the bytes, the guard keeps what else decides whether a locked file still
   or git's mode when that was already broken);
 - git's index flags: a tracked file marked `--skip-worktree` or `--assume-unchanged` is hidden from every `git status`,
   so the flags are cleared on every periodic check;
-- the repository state the server expects (run branch checked out, at the commit the ledger says): a moved branch, a
-  detached HEAD or stray commits are repaired between experiments through `server.repair`, instead of leaving every
-  later experiment refused until a person acts.
+- the repository state the server expects (run branch checked out, at the commit the ledger says, no other file
+  changed or added): a moved branch, a detached HEAD, stray commits, a changed tracked file or a new file are repaired
+  between experiments through `server.repair` (new files are moved to `runs/<tag>/quarantine/`), instead of leaving
+  every later experiment refused until a person acts.
 
 Each repair is a violation like a restored file.
 """
@@ -54,7 +55,7 @@ from server.audit import AuditLog
 from server.config import Config
 from server.integrity import Pin, PinMismatch, check_pins, restore_pin, sha256_bytes
 from server.jsonl import append_record
-from server.repair import clear_index_flags, index_flag_paths, repair_repository
+from server.repair import clear_index_flags, index_flag_paths, repair_repository, repair_stray_paths
 from server.runstate import RunInfo
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,8 @@ class FileGuard:
             os.chmod(target, expected, follow_symlinks=False)
             restored, note = True, f"restored mode {expected:04o}"
         except OSError as exc:
-            restored, note = False, f"could not restore mode {expected:04o} ({exc}); run `chmod {expected:o} {pin.path}`"
+            restored, note = False, (f"could not restore mode {expected:04o} ({exc}); "
+                                     f"run `chmod {expected:o} {pin.path}`")
         record = self._finish(pin.path, record, restored, note)
         self._notify(record)
         return record
@@ -279,6 +281,10 @@ class FileGuard:
             if repair is not None:
                 record = self._record(".git", f"{repair.describe()}; repository repaired", trigger)
                 found.append(self._finish(".git", record, True, "repository repaired"))
+            stray = repair_stray_paths(self.config, self.run)
+            if stray is not None:
+                record = self._record(".", f"{stray.describe()}; working tree repaired", trigger)
+                found.append(self._finish(".", record, True, "working tree repaired"))
         for record in found:
             self._notify(record)
         return found

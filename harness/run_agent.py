@@ -130,7 +130,7 @@ def _text_or_none(value: object) -> str | None:
 
 
 def require_shell_sandbox(args: Namespace) -> SandboxCheck:
-    """With `--allow-bash`, refuse to go on when Claude Code's shell sandbox cannot start, unless the user accepted that.
+    """With `--allow-bash`, refuse to go on where Claude Code's shell sandbox cannot start, unless the user said yes.
 
     Called before a run is created, so a refusal leaves nothing behind.
     """

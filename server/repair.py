@@ -10,16 +10,21 @@ refusal alone would stop an unattended loop until a person acts. These functions
 - `repair_repository`: with the run's experiment lock held (so never while an experiment runs or a decision is being
   made), put the branch back on its expected tip, check it out, reset tracked files to it and keep the agent's
   pending edits of the mutable files. Stray commits are named in what it returns, for the violation record.
+- `repair_stray_paths`: also under the lock, put back tracked files other than the mutable ones that differ from the
+  expected tip, and move files git does not know (and does not ignore) into `runs/<tag>/quarantine/`, where they are
+  kept for a person to read. The server refuses to run while either exists.
 
-Every git command here runs with hooks disabled (`core.hooksPath=/dev/null`): a hook planted in `.git/hooks` must not
-run inside the repair.
+Every git command here runs with hooks and the file-system monitor disabled (`core.hooksPath=/dev/null`,
+`core.fsmonitor=false`): nothing planted in `.git` may run inside a repair.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +35,7 @@ from server.gitrepo import GitRepo
 from server.ledger import Ledger
 from server.runstate import RunInfo
 
-_NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
+_NO_HOOKS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 
 
 @dataclass(frozen=True)
@@ -142,3 +147,56 @@ def repair_repository(config: Config, run: RunInfo) -> Repair | None:
             (ws / rel).write_bytes(data)
         return Repair(problem, f"put {run.branch} back at {expected[:7]}, checked it out and reset the tracked "
                                f"files to it (pending edits of {', '.join(config.mutable)} kept)", tuple(stray))
+
+
+def stray_paths(config: Config, run: RunInfo) -> list[str]:
+    """Paths git sees as changed or new that are neither mutable files nor under the runs folder."""
+    out = _git(config.workspace, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
+    try:
+        runs_rel: str | None = config.runs_dir.relative_to(config.workspace).as_posix()
+    except ValueError:
+        runs_rel = None
+    paths: list[str] = []
+    for entry in out.split("\0"):
+        rel = entry[3:] if len(entry) > 3 else ""
+        if not rel or rel in config.mutable or rel in paths:
+            continue
+        if runs_rel and (rel == runs_rel or rel.startswith(runs_rel + "/")):
+            continue
+        paths.append(rel)
+    return sorted(paths)
+
+
+def repair_stray_paths(config: Config, run: RunInfo) -> Repair | None:
+    """Put back tracked files that changed and quarantine new ones; None when there are none or it must wait."""
+    ws = config.workspace
+    with _experiment_lock(run.run_dir) as locked:
+        if not locked:
+            return None
+        stray = stray_paths(config, run)
+        if not stray:
+            return None
+        expected = expected_tip(config, run)
+        tracked = set(_git(ws, "ls-tree", "-r", "-z", "--name-only", expected, "--", *stray).split("\0")) - {""}
+        quarantine = run.run_dir / "quarantine" / time.strftime("%Y%m%dT%H%M%S")
+        restored, moved = [], []
+        for rel in stray:
+            if rel in tracked:
+                _git(ws, "checkout", "--quiet", expected, "--", rel)
+                restored.append(rel)
+                continue
+            _git(ws, "rm", "--cached", "--quiet", "--ignore-unmatch", "--", rel)
+            source = ws / rel
+            if source.exists() or source.is_symlink():
+                target = quarantine / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(source), str(target))
+                moved.append(rel)
+        shown = ", ".join(stray[:8]) + (" ..." if len(stray) > 8 else "")
+        actions = []
+        if restored:
+            actions.append(f"restored {', '.join(restored[:8])} from {expected[:7]}")
+        if moved:
+            actions.append(f"moved {', '.join(moved[:8])} to {quarantine}")
+        return Repair(f"files other than {', '.join(config.mutable)} differed from commit {expected[:7]}: {shown}",
+                      "; ".join(actions) or "unstaged them")

@@ -4,8 +4,9 @@ The scripted model attacks the locked file, `runs/`, `.git`, the configuration a
 commands. The ones the static shell policy can see through (a base64 blob piped into bash, a program piped into
 `python3 /dev/stdin`) are refused by it; the same payloads in a `python3 -c` one-liner that looks harmless (exec and
 import looked up by computed names, paths computed at run time) get past it and must fail inside Claude Code's
-sandbox, so the guard never has to repair anything, and the loop must go on to record its experiment. Where bubblewrap or socat is missing the harness must
-refuse `--allow-bash` unless `--allow-unsandboxed-bash` is given, and the CLI itself must refuse to run unsandboxed.
+sandbox, so the guard never has to repair anything, and the loop must go on to record its experiment. Where
+bubblewrap or socat is missing the harness must refuse `--allow-bash` unless `--allow-unsandboxed-bash` is given,
+and the CLI itself must refuse to run unsandboxed.
 """
 
 from __future__ import annotations

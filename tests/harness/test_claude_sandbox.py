@@ -104,3 +104,12 @@ def test_allow_bash_without_a_sandbox_is_refused_before_any_run_is_created(
     err = capsys.readouterr().err
     assert code == 2 and "bwrap not found on PATH" in err and "--allow-unsandboxed-bash" in err
     assert not (workspace / "runs" / "t1").exists()
+
+
+def test_the_mcp_server_the_harness_registers_never_imports_from_the_workspace_root(workspace: Path) -> None:
+    config = load_config(workspace)
+    run = init_run(config, "t1")
+
+    server = json.loads(run_agent.write_mcp_config(config, run).read_text())["mcpServers"]["autoresearch"]
+
+    assert server["args"][:3] == ["-P", "-m", "server"]

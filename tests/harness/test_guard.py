@@ -284,3 +284,26 @@ def test_the_repository_is_left_alone_while_an_experiment_holds_the_lock(setup: 
     finally:
         os.close(fd)
     assert [v["path"] for v in guard.check_repository("test")] == [".git"]
+
+
+def test_a_changed_tracked_file_is_put_back_and_a_new_file_is_quarantined_so_experiments_can_go_on(
+        setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, _ = setup
+    ws = config.workspace
+    toml = (ws / "autoresearch.toml").read_bytes()
+    (ws / "autoresearch.toml").write_bytes(toml + b"\n# hard_timeout_s = 9999\n")
+    (ws / "json.py").write_text("import os  # planted\n")
+    (ws / "train.py").write_text("# the agent's pending edit\n")
+
+    with FileGuard(config, run, interval_s=3600) as guard:
+        pass  # the check at start repairs it
+
+    assert (ws / "autoresearch.toml").read_bytes() == toml
+    assert not (ws / "json.py").exists()
+    (moved,) = (run.run_dir / "quarantine").glob("*/json.py")
+    assert moved.read_text() == "import os  # planted\n"
+    assert (ws / "train.py").read_text() == "# the agent's pending edit\n"
+    assert git(ws, "status", "--porcelain") == "M train.py"
+    (record,) = [v for v in guard.violations if v["path"] == "."]
+    assert "differed from commit" in record["detail"] and "autoresearch.toml" in record["detail"]
+    assert "json.py" in record["detail"] and "quarantine" in record["detail"]
