@@ -12,7 +12,9 @@ refusal alone would stop an unattended loop until a person acts. These functions
   pending edits of the mutable files. Stray commits are named in what it returns, for the violation record.
 - `repair_stray_paths`: also under the lock, put back tracked files other than the mutable ones that differ from the
   expected tip, and move files git does not know (and does not ignore) into `runs/<tag>/quarantine/`, where they are
-  kept for a person to read. The server refuses to run while either exists.
+  kept for a person to read. The server refuses to run while either exists. Empty read-only files are left alone:
+  while a sandboxed shell command runs, Claude Code places such a file at every write-protected path that does not
+  exist (`.mcp.json`, `pyproject.toml`, `.bashrc`, ...) to mount over it, and removes them when the command ends.
 
 Every git command here runs with hooks and the file-system monitor disabled (`core.hooksPath=/dev/null`,
 `core.fsmonitor=false`): nothing planted in `.git` may run inside a repair.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -167,13 +170,22 @@ def stray_paths(config: Config, run: RunInfo) -> list[str]:
     return sorted(paths)
 
 
+def _sandbox_mask(path: Path) -> bool:
+    """An empty file nobody may write: what Claude Code's sandbox mounts over a protected path that does not exist."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and not st.st_mode & 0o222
+
+
 def repair_stray_paths(config: Config, run: RunInfo) -> Repair | None:
     """Put back tracked files that changed and quarantine new ones; None when there are none or it must wait."""
     ws = config.workspace
     with _experiment_lock(run.run_dir) as locked:
         if not locked:
             return None
-        stray = stray_paths(config, run)
+        stray = [rel for rel in stray_paths(config, run) if not _sandbox_mask(ws / rel)]
         if not stray:
             return None
         expected = expected_tip(config, run)

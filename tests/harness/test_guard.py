@@ -307,3 +307,17 @@ def test_a_changed_tracked_file_is_put_back_and_a_new_file_is_quarantined_so_exp
     (record,) = [v for v in guard.violations if v["path"] == "."]
     assert "differed from commit" in record["detail"] and "autoresearch.toml" in record["detail"]
     assert "json.py" in record["detail"] and "quarantine" in record["detail"]
+
+
+def test_the_empty_read_only_files_the_shell_sandbox_mounts_over_are_left_alone(
+        setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, _ = setup
+    ws = config.workspace
+    for name in (".mcp.json", "pyproject.toml", ".bashrc"):  # present only while a sandboxed command runs
+        (ws / name).touch()
+        os.chmod(ws / name, 0o444)
+
+    guard = FileGuard(config, run, interval_s=3600)
+
+    assert guard.check_repository("test") == []
+    assert all((ws / name).exists() for name in (".mcp.json", "pyproject.toml", ".bashrc"))
