@@ -253,6 +253,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run an agent on the loop: random (offline), claude (Claude Code, headless) or api (built-in)."""
     config = _load(args)
+    if args.agent == "claude" and args.allow_bash:
+        from harness.run_agent import require_shell_sandbox
+
+        require_shell_sandbox(args)
     run = _init_or_resume(config, args)
     if args.agent == "random":
         return _run_random(config, run, args)
@@ -458,7 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-turns", type=int, default=None, help="turns per agent session before it is resumed")
             p.add_argument("--no-guard", action="store_true", help="do not run the file guard (not recommended)")
             p.add_argument("--allow-bash", action="store_true",
-                           help="let the agent use shell commands (writes to locked files are still blocked)")
+                           help="let the agent use shell commands, run in Claude Code's sandbox (bubblewrap and "
+                                "socat): only the mutable files are writable, no network")
+            p.add_argument("--allow-unsandboxed-bash", action="store_true",
+                           help="with --allow-bash, run shell commands even where the sandbox cannot start "
+                                "(not recommended)")
         p.add_argument("--max-experiments", type=int, default=6 if name == "demo" else None,
                        help="stop after this many experiments" + (" (default 6)" if name == "demo" else ""))
         p.add_argument("--seed", type=int, default=0, help="random agent seed (default 0)")

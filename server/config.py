@@ -213,17 +213,20 @@ def load_config(
     *,
     detector: Callable[[], str] = detect_platform,
     environ: Mapping[str, str] | None = None,
+    require_files: bool = True,
 ) -> Config:
     """Find, read, merge the selected profile into, and validate the configuration of ``workspace``.
 
     Profile precedence: the ``profile`` argument, then ``$AUTORESEARCH_PROFILE``, then the document's ``profile`` key.
     "auto" asks ``detector`` and applies that profile only if it is defined; any other name must be defined.
+    ``require_files=False`` accepts mutable and locked files that are missing right now (the hooks read the
+    configuration while a locked file may be briefly gone, between a deletion and the guard's restore).
     """
     ws = Path(workspace).resolve()
     if not ws.is_dir():
         raise ConfigError(f"workspace {ws} is not a directory; pass the directory that holds your experiment")
     source, table, prefix = _read_source(ws, path)
-    v = _Validator(source, prefix)
+    v = _Validator(source, prefix, require_files=require_files)
     v.check_keys(table, _TOP_KEYS + _AUTONOMY_KEYS, "")
 
     profiles = table.get("profiles", {})
@@ -332,9 +335,10 @@ def _merge(
 class _Validator:
     """Type and range checks whose errors name the file, the dotted key, the value and what is allowed."""
 
-    def __init__(self, source: Path, prefix: str) -> None:
+    def __init__(self, source: Path, prefix: str, *, require_files: bool = True) -> None:
         self.source = source
         self.prefix = prefix
+        self.require_files = require_files
         self.origins: dict[str, str] = {}
 
     def key(self, name: str) -> str:
@@ -402,7 +406,7 @@ class _Validator:
             rel = posix.as_posix()
             if rel in (".", ""):
                 raise self.fail(name, raw, "a file path relative to the workspace")
-            if not (workspace / rel).is_file():
+            if self.require_files and not (workspace / rel).is_file():
                 raise self.fail(name, raw, f"a file that exists in the workspace {workspace} (create or fix it)")
             if rel not in out:
                 out.append(rel)
