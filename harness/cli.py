@@ -198,11 +198,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run an agent on the loop: random (offline), claude (Claude Code, headless) or api (built-in)."""
+    """Run an agent on the loop: random or tpe (offline), claude (Claude Code, headless) or api (built-in)."""
     config = _load(args)
     run = _init_or_resume(config, args)
     if args.agent == "random":
         return _run_random(config, run, args)
+    if args.agent == "tpe":
+        return _run_tpe(config, run, args)
     from harness.run_agent import run_supervised
 
     return run_supervised(config, run, args)
@@ -237,6 +239,25 @@ def _run_random(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
                                  seed=args.seed, mutable_file=config.mutable[0],
                                  extra_server_args=tuple(_server_flags(args)), log_dir=run.run_dir / "agent")
     run_random_agent_sync(options, show)
+    return 0
+
+
+def _run_tpe(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
+    from harness.agents.random_agent import AgentOptions, Step
+    from harness.agents.tpe_agent import TpeProposer, run_tpe_agent_sync
+
+    if args.max_experiments is None:
+        raise CliError("--agent tpe needs --max-experiments N (it runs exactly N experiments)")
+    started = time.monotonic()
+
+    def show(step: Step) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] experiment {step.experiment_id}: {step.status:7} "
+              f"{_fmt(step.metric)}  {step.decision:8}  {step.description}", flush=True)
+
+    options = AgentOptions(workspace=config.workspace, tag=run.tag, max_experiments=args.max_experiments,
+                           seed=args.seed, mutable_file=config.mutable[0],
+                           extra_server_args=tuple(_server_flags(args)), log_dir=run.run_dir / "agent")
+    run_tpe_agent_sync(options, show, TpeProposer(args.seed, on_note=lambda note: print(note, flush=True)))
     return 0
 
 
@@ -314,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler in (("run", cmd_run), ("demo", cmd_demo)):
         p = add(name, handler)
         if name == "run":
-            p.add_argument("--agent", choices=("random", "claude", "api"), required=True)
+            p.add_argument("--agent", choices=("random", "tpe", "claude", "api"), required=True)
             p.add_argument("--resume", action="store_true", help="continue an existing tag")
             p.add_argument("--hours", type=float, default=None, help="stop after this many hours")
             p.add_argument("--max-cost-usd", type=float, default=None, help="stop when the agent has cost this much")
@@ -327,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="let the agent use shell commands (writes to locked files are still blocked)")
         p.add_argument("--max-experiments", type=int, default=6 if name == "demo" else None,
                        help="stop after this many experiments" + (" (default 6)" if name == "demo" else ""))
-        p.add_argument("--seed", type=int, default=0, help="random agent seed (default 0)")
+        p.add_argument("--seed", type=int, default=0, help="random or tpe agent seed (default 0)")
     p = add("stop", cmd_stop)
     p.add_argument("--cancel", action="store_true", help="withdraw a stop request that has not been acted on yet")
     from harness.guard import add_guard_parser

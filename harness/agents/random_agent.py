@@ -12,6 +12,7 @@ range its comment declares (see `harness.hyperparams`). It is the classic baseli
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ async def run_loop(options: AgentOptions, proposer: Proposer, on_step: Callable[
         command=options.python,
         args=["-m", "server", "serve", "--workspace", str(options.workspace), "--tag", options.tag,
               *options.extra_server_args],
-        env={"AUTORESEARCH_SESSION_ID": f"{proposer.name}-{options.seed}"},
+        env={"AUTORESEARCH_SESSION_ID": f"{proposer.name}-{options.seed}", "PYTHONPATH": _import_path()},
         cwd=str(options.workspace),
     )
     # The server's stderr goes to a file beside its log: the terminal shows the agent's progress, not the server's.
@@ -148,6 +149,15 @@ async def _loop(connection: Client, options: AgentOptions, proposer: Proposer,
             record(Step(result["id"], proposal.description, result["status"], result.get("metric"), decision))
             done += 1
     return steps
+
+
+def _import_path() -> str:
+    """The server runs the code this agent was loaded from, not whatever else the interpreter would find first."""
+    import server
+
+    root = str(Path(server.__file__).resolve().parent.parent)
+    extra = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([root, extra] if extra else [root])
 
 
 def _optional(hypothesis: str | None) -> dict[str, str]:
