@@ -203,11 +203,15 @@ class RandomProposer:
     name = "random"
 
     def __init__(self, seed: int) -> None:
+        self.seed = seed
         self.rng = random.Random(seed)
         self.space: list[Tunable] | None = None
 
     async def start(self, client: Client, source: str) -> None:
         self.space = find_tunables(source)
+        # A resumed run must not replay the draws it made before: the seed moves on with the run.
+        state = structured(await client.call_tool("read_results", {"last_n": 1}))
+        self.rng = random.Random(self.seed * 1_000_003 + int(state.get("counts", {}).get("total", 0)))
 
     def baseline_hypothesis(self, source: str) -> str | None:
         return None
