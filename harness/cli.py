@@ -289,6 +289,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_report(args)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Runs side by side: best-so-far curves (one PNG) and a table; refuses runs that measured different things."""
+    from harness.compare import NotComparable, compare_runs, plot, table
+
+    config = _load(args)
+    try:
+        comparison = compare_runs(config, args.tags, mark=args.mark, force=args.force)
+    except NotComparable as exc:
+        raise CliError(str(exc))
+    except ValueError as exc:
+        raise CliError(str(exc))
+    for warning in comparison.warnings:
+        print(f"autoresearch: WARNING: NOT COMPARABLE (--force): {warning}", file=sys.stderr)
+    out = args.out or config.runs_dir / f"compare-{'-'.join(args.tags)[:80]}.png"
+    plot(comparison, out)
+    print(table(comparison, args.usd_per_hour))
+    print(f"chart: {out}")
+    return 0
+
+
 # ---- parser ----
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-experiments", type=int, default=6 if name == "demo" else None,
                        help="stop after this many experiments" + (" (default 6)" if name == "demo" else ""))
         p.add_argument("--seed", type=int, default=0, help="random or tpe agent seed (default 0)")
+    p = add("compare", cmd_compare, tag=False)
+    p.add_argument("tags", nargs="+", metavar="TAG", help="the runs to compare (at least two)")
+    p.add_argument("--mark", type=float, default=0.01,
+                   help="relative improvement over the baseline that counts as reached (default 0.01 = 1 %%)")
+    p.add_argument("--out", type=Path, default=None, help="the chart (default: runs/compare-<tags>.png)")
+    p.add_argument("--force", action="store_true", help="compare runs that differ in data, budget or device anyway")
+    p.add_argument("--usd-per-hour", type=float, default=None, help="price of the machine, for the cost to the mark")
     p = add("stop", cmd_stop)
     p.add_argument("--cancel", action="store_true", help="withdraw a stop request that has not been acted on yet")
     from harness.guard import add_guard_parser
