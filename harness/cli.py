@@ -225,7 +225,7 @@ def _init_or_resume(config: Config, args: argparse.Namespace) -> RunInfo:
 
 
 def _run_random(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
-    from harness.agents.random_agent import RandomAgentOptions, Step, run_random_agent_sync
+    from harness.agents.random_agent import AgentError, RandomAgentOptions, Step, run_random_agent_sync
 
     if args.max_experiments is None:
         raise CliError("--agent random needs --max-experiments N (it runs exactly N experiments)")
@@ -238,12 +238,15 @@ def _run_random(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
     options = RandomAgentOptions(workspace=config.workspace, tag=run.tag, max_experiments=args.max_experiments,
                                  seed=args.seed, mutable_file=config.mutable[0],
                                  extra_server_args=tuple(_server_flags(args)), log_dir=run.run_dir / "agent")
-    run_random_agent_sync(options, show)
+    try:
+        run_random_agent_sync(options, show)
+    except AgentError as exc:
+        raise CliError(str(exc))
     return 0
 
 
 def _run_tpe(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
-    from harness.agents.random_agent import AgentOptions, Step
+    from harness.agents.random_agent import AgentError, AgentOptions, Step
     from harness.agents.tpe_agent import TpeProposer, run_tpe_agent_sync
 
     if args.max_experiments is None:
@@ -257,7 +260,10 @@ def _run_tpe(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
     options = AgentOptions(workspace=config.workspace, tag=run.tag, max_experiments=args.max_experiments,
                            seed=args.seed, mutable_file=config.mutable[0],
                            extra_server_args=tuple(_server_flags(args)), log_dir=run.run_dir / "agent")
-    run_tpe_agent_sync(options, show, TpeProposer(args.seed, on_note=lambda note: print(note, flush=True)))
+    try:
+        run_tpe_agent_sync(options, show, TpeProposer(args.seed, on_note=lambda note: print(note, flush=True)))
+    except AgentError as exc:
+        raise CliError(str(exc))
     return 0
 
 

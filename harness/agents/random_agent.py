@@ -28,7 +28,7 @@ from harness.hyperparams import SKIP, Tunable, find_tunables, read_values, set_h
 log = logging.getLogger(__name__)
 
 FACTORS = (0.5, 0.67, 0.8, 1.25, 1.5, 2.0)
-__all__ = ["SKIP", "AgentOptions", "RandomAgentOptions", "Proposal", "Proposer", "Step", "ToolCallFailed",
+__all__ = ["SKIP", "AgentError", "AgentOptions", "RandomAgentOptions", "Proposal", "Proposer", "Step", "ToolCallFailed",
            "propose", "run_loop", "run_random_agent", "run_random_agent_sync"]
 
 
@@ -79,7 +79,11 @@ class Proposer(Protocol):
         """The result of run_experiment for `proposal` (None: the baseline)."""
 
 
-class ToolCallFailed(RuntimeError):
+class AgentError(RuntimeError):
+    """The loop cannot go on; the message says why and what to fix."""
+
+
+class ToolCallFailed(AgentError):
     pass
 
 
@@ -121,33 +125,45 @@ async def _loop(connection: Client, options: AgentOptions, proposer: Proposer,
         if on_step:
             on_step(step)
 
+    failure: AgentError | None = None
     async with connection as client:
-        state = structured(await client.call_tool("read_results", {"last_n": 5}))
-        if state.get("pending_id"):  # measured before a restart: the rule decides it, as it would have
-            await client.call_tool("commit_or_revert", {})
-        await client.call_tool("commit_or_revert", {"prefer": "revert"})  # the file is the best code again
-        done = 0
-        if state.get("baseline") is None:
-            hypothesis = proposer.baseline_hypothesis(target.read_text(encoding="utf-8"))
-            result = structured(await client.call_tool("run_experiment", {"description": "baseline",
-                                                                          **_optional(hypothesis)}))
-            proposer.observe(None, result)
-            record(Step(result["id"], "baseline", result["status"], result.get("metric"), result["decision"]))
-            done += 1
-        await proposer.start(client, target.read_text(encoding="utf-8"))
-        while done < options.max_experiments:
-            proposal = proposer.propose(target.read_text(encoding="utf-8"))
-            target.write_text(proposal.source, encoding="utf-8")
-            result = structured(await client.call_tool("run_experiment", {"description": proposal.description,
-                                                                          **_optional(proposal.hypothesis)}))
-            decision = result["decision"]
-            if result["status"] == "ok":
-                decision = structured(await client.call_tool("commit_or_revert", {}))["decision"]
-            else:
-                await client.call_tool("commit_or_revert", {"prefer": "revert"})
-            proposer.observe(proposal, result)
-            record(Step(result["id"], proposal.description, result["status"], result.get("metric"), decision))
-            done += 1
+        try:
+            state = structured(await client.call_tool("read_results", {"last_n": 5}))
+            if state.get("pending_id"):  # measured before a restart: the rule decides it, as it would have
+                await client.call_tool("commit_or_revert", {})
+            await client.call_tool("commit_or_revert", {"prefer": "revert"})  # the file is the best code again
+            done = 0
+            if state.get("baseline") is None:
+                hypothesis = proposer.baseline_hypothesis(target.read_text(encoding="utf-8"))
+                result = structured(await client.call_tool("run_experiment", {"description": "baseline",
+                                                                              **_optional(hypothesis)}))
+                proposer.observe(None, result)
+                record(Step(result["id"], "baseline", result["status"], result.get("metric"), result["decision"]))
+                done += 1
+                if result["status"] != "ok":
+                    raise AgentError(f"the baseline failed ({result['status']}: {result.get('failure')}), so nothing "
+                                     f"can be compared to it. Last lines of its log:\n{result.get('log_tail') or '-'}\n"
+                                     "Fix the target or its configuration, then run the agent again with --resume")
+            await proposer.start(client, target.read_text(encoding="utf-8"))
+            while done < options.max_experiments:
+                proposal = proposer.propose(target.read_text(encoding="utf-8"))
+                target.write_text(proposal.source, encoding="utf-8")
+                result = structured(await client.call_tool("run_experiment", {"description": proposal.description,
+                                                                              **_optional(proposal.hypothesis)}))
+                decision = result["decision"]
+                if result["status"] == "ok":
+                    decision = structured(await client.call_tool("commit_or_revert", {}))["decision"]
+                else:
+                    await client.call_tool("commit_or_revert", {"prefer": "revert"})
+                proposer.observe(proposal, result)
+                record(Step(result["id"], proposal.description, result["status"], result.get("metric"), decision))
+                done += 1
+        except ValueError as exc:  # the proposer found nothing to change, or a range it cannot read
+            failure = AgentError(str(exc))
+        except AgentError as exc:
+            failure = exc
+    if failure is not None:  # raised here, not inside the client's task group, so it arrives unwrapped
+        raise failure
     return steps
 
 

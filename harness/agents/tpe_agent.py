@@ -109,7 +109,7 @@ class TpeProposer:
 
     # ---- the search space and the study ----
 
-    def _read_space(self, source: str) -> None:
+    def read_space(self, source: str) -> None:
         if self.space:
             return
         self.space = {t.name: t for t in find_tunables(source)}
@@ -148,9 +148,8 @@ class TpeProposer:
 
     async def start(self, client: Client, source: str) -> None:
         """Read the ranges from the best code and rebuild the study from the ledger."""
-        self._read_space(source)
+        self.read_space(source)
         state = structured(await client.call_tool("read_results", {"last_n": 200}))
-        self._direction = str(state.get("direction", "minimize"))
         known: set[int] = set()
         records: list[tuple[int, dict[str, Value], float | None]] = []
         for row in state.get("experiments", []):
@@ -163,23 +162,28 @@ class TpeProposer:
         best = state.get("best")
         if best and int(best["id"]) not in known:  # the best code came from another agent: its values are the file's
             records.append((int(best["id"]), self._config(source), float(best["metric"])))
-        records.sort(key=lambda r: r[0])
-        n_startup = self.startup_trials if self.startup_trials is not None else max(4, min(10, 2 * len(self.space)))
-        # The sampler's seed moves on with the study, so a restarted agent does not replay the proposals it made.
-        sampler = optuna.samplers.TPESampler(seed=self.seed + len(records), n_startup_trials=n_startup)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.create_study(direction=self._direction, sampler=sampler)
-        for _, config, metric in records:
-            self._add(config, metric)
-        self.rebuilt = len(self.study.trials)
+        self.rebuild(str(state.get("direction", "minimize")), records)
         skipped = len(state.get("experiments", [])) - len(known)
         self.on_note(f"study: {self.rebuilt} trials rebuilt from the ledger ({skipped} experiments of other agents "
                      f"not used); searching {', '.join(self.order)}")
 
+    def rebuild(self, direction: str, records: list[tuple[int, dict[str, Value], float | None]]) -> None:
+        """A fresh study holding one finished trial per (experiment id, configuration, metric or None if it failed)."""
+        self._direction, self._worst = direction, None
+        records = sorted(records, key=lambda r: r[0])
+        n_startup = self.startup_trials if self.startup_trials is not None else max(4, min(10, 2 * len(self.space)))
+        # The sampler's seed moves on with the study, so a restarted agent does not replay the proposals it made.
+        sampler = optuna.samplers.TPESampler(seed=self.seed + len(records), n_startup_trials=n_startup)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(direction=direction, sampler=sampler)
+        for _, config, metric in records:
+            self._add(config, metric)
+        self.rebuilt = len(self.study.trials)
+
     # ---- the loop's questions ----
 
     def baseline_hypothesis(self, source: str) -> str | None:
-        self._read_space(source)
+        self.read_space(source)
         return _bounded(f"The unmodified code. {encode_params(self._config(source))}")
 
     def propose(self, source: str) -> Proposal:
