@@ -56,6 +56,42 @@ def make_workspace(where: Path, budget: float, eval_tokens: int | None) -> tuple
     return ws, sh(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=ws).strip()
 
 
+def make_fake_workspace(where: Path) -> tuple[Path, str]:
+    """The tests' toy target, whose score is known: 1 + (LR - 0.3)**2 + (WIDTH - 16)**2 / 1000, best 1.0."""
+    ws = where / "target"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "fake_target", ws, ignore=shutil.ignore_patterns("__pycache__"))
+    train = ws / "train.py"
+    train.write_text(train.read_text(encoding="utf-8").replace(
+        'LR = 0.1          # the "hyperparameters" the score depends on',
+        'LR = 0.1          # the "hyperparameters" the score depends on; range: 0.01..1.0 log').replace(
+        "WIDTH = 8\n", "WIDTH = 8         # range: 2..64\n"), encoding="utf-8")
+    (ws / ".gitignore").write_text("__pycache__/\nruns/\n", encoding="utf-8")
+    sh(["git", "init", "-q", "-b", "main"], cwd=ws)
+    sh(["git", "add", "-A"], cwd=ws)
+    sh(["git", "-c", "user.email=bench@example.com", "-c", "user.name=bench", "commit", "-qm", "toy target"], cwd=ws)
+    return ws, "main"
+
+
+def summary(ws: Path, tags: list[str], mark: float) -> list[str]:
+    """Per agent: the best metric over its seeds, and how many experiments each seed needed to reach the mark."""
+    sys.path.insert(0, str(ROOT))
+    from harness.compare import compare_runs
+    from server.config import load_config
+
+    runs = compare_runs(load_config(ws), tags, mark=mark, force=True).runs
+    lines = []
+    for agent in sorted({r.agent for r in runs}):
+        mine = [r for r in runs if r.agent == agent]
+        reached = sorted(r.mark_experiments for r in mine if r.mark_experiments is not None)
+        bests = [r.best for r in mine if r.best is not None]
+        median = reached[len(reached) // 2] if len(reached) == len(mine) else "n/a (not every seed reached it)"
+        lines.append(f"{agent}_best: {' '.join(f'{b:.6f}' for b in bests)}")
+        lines.append(f"{agent}_reached_mark: {len(reached)}/{len(mine)}")
+        lines.append(f"{agent}_experiments_to_mark: {' '.join(str(r.mark_experiments or '-') for r in mine)}")
+        lines.append(f"{agent}_median_experiments_to_mark: {median}")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", type=int, default=20, help="experiments per agent and seed (default 20)")
@@ -67,13 +103,21 @@ def main() -> int:
     parser.add_argument("--mark", type=float, default=0.01, help="relative improvement for the mark (default 0.01)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img", help="where the chart goes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
+    parser.add_argument("--target", choices=("default", "toy"), default="default",
+                        help="default: train.py and prepare.py of this repository; toy: the tests' target with a known "
+                             "optimum (--budget and --eval-tokens do not apply)")
     args = parser.parse_args()
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), AUTORESEARCH_PROFILE="cpu")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if args.target == "default":
+        env["AUTORESEARCH_PROFILE"] = "cpu"
     tmp = Path(tempfile.mkdtemp(prefix="bench-agents-"))
     started = time.time()
     try:
-        ws, base = make_workspace(tmp, args.budget, args.eval_tokens)
+        if args.target == "toy":
+            ws, base = make_fake_workspace(tmp)
+        else:
+            ws, base = make_workspace(tmp, args.budget, args.eval_tokens)
         cli = [sys.executable, "-m", "harness.cli"]
         tags: list[str] = []
         for seed in args.seeds:
@@ -92,16 +136,20 @@ def main() -> int:
                     done[tag] += n
                     print(out, end="", flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        chart = args.out / "bench_agents.png"
+        chart = args.out / ("bench_agents.png" if args.target == "default" else "bench_agents_toy.png")
         table = sh([*cli, "compare", *tags, "--workspace", str(ws), "--mark", f"{args.mark:g}", "--out", str(chart)],
                    cwd=ROOT, env=env)
         print(table)
         print("---")
+        print(f"target: {args.target}")
         print(f"experiments_per_run: {args.experiments}")
         print(f"seeds: {' '.join(map(str, args.seeds))}")
-        print(f"budget_s: {args.budget:g}")
-        print(f"eval_tokens: {args.eval_tokens or 'default'}")
+        if args.target == "default":
+            print(f"budget_s: {args.budget:g}")
+            print(f"eval_tokens: {args.eval_tokens or 'default'}")
         print(f"wall_s: {time.time() - started:.0f}")
+        print(f"mark: {args.mark:g}")
+        print("\n".join(summary(ws, tags, args.mark)))
         print(f"chart: {chart}")
     finally:
         if args.keep:

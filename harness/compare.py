@@ -237,9 +237,9 @@ def table(comparison: Comparison, usd_per_hour: float | None) -> str:
     if comparison.warnings:
         lines.append("comparable: NO: " + "; ".join(comparison.warnings))
     else:
-        lines.append(f"comparable: yes: data fingerprint {str(first.fingerprint)[:16]}, budget {first.budget_s:g} s "
-                     f"per experiment, device {first.device or 'unknown'}" if first.budget_s is not None else
-                     f"comparable: yes: data fingerprint {str(first.fingerprint)[:16]}, device {first.device or 'unknown'}")
+        budget = "" if first.budget_s is None else f", budget {first.budget_s:g} s per experiment"
+        lines.append(f"comparable: yes: data fingerprint {str(first.fingerprint)[:16]}{budget}, "
+                     f"device {first.device or 'unknown'}")
     return "\n".join(lines)
 
 
@@ -250,12 +250,16 @@ def plot(comparison: Comparison, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (by_count, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for r in comparison.runs:
+    agents = list(dict.fromkeys(r.agent for r in comparison.runs))
+    seen: dict[str, int] = {}
+    for r in comparison.runs:  # one colour per agent, one line style per run of that agent
         if not r.curve:
             continue
-        label = f"{r.tag} ({r.agent})"
-        by_count.step([p.experiment for p in r.curve], [p.best for p in r.curve], where="post", label=label)
-        by_time.step([p.minutes for p in r.curve], [p.best for p in r.curve], where="post", label=label)
+        style = {"color": f"C{agents.index(r.agent) % 10}", "label": f"{r.tag} ({r.agent})", "where": "post",
+                 "linestyle": ("-", "--", ":", "-.")[seen.get(r.agent, 0) % 4]}
+        seen[r.agent] = seen.get(r.agent, 0) + 1
+        by_count.step([p.experiment for p in r.curve], [p.best for p in r.curve], **style)
+        by_time.step([p.minutes for p in r.curve], [p.best for p in r.curve], **style)
     first = comparison.runs[0]
     for ax, xlabel in ((by_count, "experiments"), (by_time, "compute time (minutes)")):
         if first.mark is not None:

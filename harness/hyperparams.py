@@ -29,8 +29,8 @@ _STRING = r"\"[^\"\\\n]*\"|'[^'\\\n]*'"
 _ASSIGN = re.compile(
     rf"^(?P<name>[A-Z][A-Z0-9_]*)(?P<eq>\s*=\s*)(?P<value>{_NUMBER}|True|False|{_STRING})(?P<rest>\s*(?:#.*)?)$"
 )
-_RANGE = re.compile(rf"(?:^|;)\s*range:\s*(?P<lo>{_NUMBER})\s*\.\.\s*(?P<hi>{_NUMBER})(?P<flags>(?:\s+(?:log|linear|int))*)"
-                    r"\s*(?:;|$)")
+_RANGE = re.compile(rf"(?:^|;)\s*range:\s*(?P<lo>{_NUMBER})\s*\.\.\s*(?P<hi>{_NUMBER})"
+                    r"(?P<flags>(?:\s+(?:log|linear|int))*)\s*(?:;|$)")
 _CHOICES = re.compile(r"(?:^|;)\s*choices:\s*(?P<items>[^;]+?)\s*(?:;|$)")
 _FIXED = re.compile(r"(?:^|;)\s*fixed\s*(?:;|$)")
 

@@ -1,9 +1,9 @@
 """The offline agents' loop, and the first of them: random search over train.py's hyperparameters.
 
 Every offline agent is a real MCP client of the server (stdio, a subprocess), so it exercises exactly what Claude Code
-uses: `read_results`, then one edit of the mutable file, `run_experiment`, `commit_or_revert`, again and again; the server
-decides what is kept. `run_loop` is that loop; an agent only supplies a `Proposer` (what to change next, and what to
-learn from each result). The TPE agent (`harness.agents.tpe_agent`) is the other one.
+uses: `read_results`, then one edit of the mutable file, `run_experiment`, `commit_or_revert`, again and again; the
+server decides what is kept. `run_loop` is that loop; an agent only supplies a `Proposer` (what to change next, and
+what to learn from each result). The TPE agent (`harness.agents.tpe_agent`) is the other one.
 
 Random search multiplies one hyperparameter by a random factor, or picks another of its choices, staying inside the
 range its comment declares (see `harness.hyperparams`). It is the classic baseline any smarter agent should beat.
@@ -97,7 +97,8 @@ def structured(result: Any) -> dict[str, Any]:
 
 # ---- the loop every offline agent runs ----
 
-async def run_loop(options: AgentOptions, proposer: Proposer, on_step: Callable[[Step], None] | None = None) -> list[Step]:
+async def run_loop(options: AgentOptions, proposer: Proposer,
+                   on_step: Callable[[Step], None] | None = None) -> list[Step]:
     """Run `max_experiments` experiments (the baseline included, if the run has none yet) through a server on stdio."""
     params = StdioServerParameters(
         command=options.python,
@@ -211,7 +212,8 @@ def propose(source: str, rng: random.Random, space: list[Tunable] | None = None)
             how = f"x{factor:g}"
         old_text, new_text = tunable.format(old), tunable.format(new)
         if new_text != old_text:
-            return set_hyperparameter(source, tunable.name, new_text), f"{tunable.name} {old_text} -> {new_text} ({how})"
+            description = f"{tunable.name} {old_text} -> {new_text} ({how})"
+            return set_hyperparameter(source, tunable.name, new_text), description
     raise ValueError("could not find a change that alters the file inside the declared ranges; widen a range")
 
 
