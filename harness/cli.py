@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mark", type=float, default=0.01,
                    help="relative improvement over the baseline that counts as reached (default 0.01 = 1 %%)")
     p.add_argument("--out", type=Path, default=None, help="the chart (default: runs/compare-<tags>.png)")
-    p.add_argument("--force", action="store_true", help="compare runs that differ in data, budget or device anyway")
+    p.add_argument("--force", action="store_true", help="compare runs that differ in data, budget, device or starting code anyway")
     p.add_argument("--usd-per-hour", type=float, default=None, help="price of the machine, for the cost to the mark")
     p = add("stop", cmd_stop)
     p.add_argument("--cancel", action="store_true", help="withdraw a stop request that has not been acted on yet")

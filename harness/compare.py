@@ -7,7 +7,7 @@ one), experiments, kept changes, and the experiments, time and cost it took to r
 by `mark` (relative: 0.01 is 1 % better than the baseline).
 
 Runs compare only when they measured the same thing: the same data (the evaluation's corpus fingerprint), the same
-training budget per experiment, the same device class. When any of them differs, `compare_runs` raises
+training budget per experiment, the same device class, and the same starting code (the commit each run branched from). When any of them differs, `compare_runs` raises
 `NotComparable` naming the field and each run's value; `force=True` draws and prints anyway and returns the
 differences as warnings.
 """
@@ -54,6 +54,7 @@ class RunFacts:
     budget_s: float | None
     device: str | None
     agent_cost_usd: float | None
+    base_commit: str | None = None  # the code the run started from
     mark: float | None = None
     mark_experiments: int | None = None  # experiments it took to reach the mark (None: not reached)
     mark_minutes: float | None = None
@@ -152,7 +153,7 @@ def read_run(config: Config, tag: str) -> RunFacts:
         fingerprint=Counter(fingerprints).most_common(1)[0][0] if fingerprints else None,
         budget_s=_budget(config, run.run_dir, run.profile),
         device=Counter(devices).most_common(1)[0][0] if devices else (run.profile or None),
-        agent_cost_usd=_agent_cost(run.run_dir, agent))
+        agent_cost_usd=_agent_cost(run.run_dir, agent), base_commit=run.base_commit[:12])
 
 
 def common_mark(runs: list[RunFacts], mark: float) -> float | None:
@@ -178,7 +179,7 @@ def differences(runs: list[RunFacts]) -> list[str]:
     """One sentence per field on which the runs differ, naming each run's value."""
     found = []
     for name, label in (("fingerprint", "data fingerprint"), ("budget_s", "budget (s per experiment)"),
-                        ("device", "device class")):
+                        ("device", "device class"), ("base_commit", "starting code (base commit)")):
         values = {getattr(r, name) for r in runs}
         if len(values) > 1:
             shown = ", ".join(f"{r.tag}={getattr(r, name)}" for r in runs)

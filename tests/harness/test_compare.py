@@ -88,6 +88,7 @@ def test_runs_on_different_data_are_refused_unless_forced_and_then_flagged(works
     assert code == 2 and out == ""
     assert "not comparable" in err and "data fingerprint differs" in err
     assert "d1=fake0123456789abcdef" in err and "d2=other0123456789abcde" in err and "--force" in err
+    assert "starting code (base commit) differs" in err  # the second run began from the commit that changed the data
     assert not list((workspace / "runs").glob("compare-*.png"))
 
     chart = workspace.parent / "forced.png"
