@@ -299,6 +299,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Runs side by side: best-so-far curves (one PNG) and a table; refuses runs that measured different things."""
     from harness.compare import NotComparable, compare_runs, plot, table
 
+    if args.usd_per_hour is not None and args.usd_per_hour < 0:
+        raise CliError(f"--usd-per-hour must be zero or more, got {args.usd_per_hour}")
     config = _load(args)
     try:
         comparison = compare_runs(config, args.tags, mark=args.mark, force=args.force)
