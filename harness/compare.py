@@ -88,26 +88,27 @@ def _noise_floor(run_dir: Path) -> float | None:
     return None
 
 
-def _agent_cost(run_dir: Path, agent: str) -> float | None:
-    """Dollars the agent spent over the whole run (the supervisor's run_end records); offline agents cost nothing."""
-    total, seen = 0.0, False
+def _supervised(run_dir: Path) -> tuple[str | None, float | None]:
+    """The agent the supervisor ran (its `run_start` records) and the dollars it spent (its `run_end` records)."""
+    agent, total, seen = None, 0.0, False
     try:
         lines = (run_dir / "audit.jsonl").read_text(encoding="utf-8").splitlines()
     except OSError:
         lines = []
     for line in lines:
-        if '"run_end"' not in line:
+        if '"run_end"' not in line and '"run_start"' not in line:
             continue
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        cost = (record.get("summary") or {}).get("cost_usd")
+        summary = record.get("summary") or {}
+        if record.get("event") == "run_start" and isinstance(summary.get("agent"), str):
+            agent = summary["agent"]
+        cost = summary.get("cost_usd")
         if record.get("event") == "run_end" and isinstance(cost, (int, float)):
             total, seen = total + float(cost), True
-    if seen:
-        return total
-    return 0.0 if agent in OFFLINE_AGENTS else None
+    return agent, (total if seen else None)
 
 
 def _budget(config: Config, run_dir: Path, profile: str) -> float | None:
@@ -144,7 +145,10 @@ def read_run(config: Config, tag: str) -> RunFacts:
             curve.append(Point(i, minutes, best))
     fingerprints = [e.fingerprint for e in experiments if e.fingerprint]
     devices = [str(e.metrics["device"]) for e in experiments if e.status == "ok" and "device" in e.metrics]
-    agent = _agent(experiments)
+    supervised_agent, cost = _supervised(run.run_dir)
+    agent = supervised_agent or _agent(experiments)
+    if cost is None and agent in OFFLINE_AGENTS:
+        cost = 0.0  # the offline agents call no paid API
     return RunFacts(
         tag=tag, agent=agent, metric=config.metric, direction=config.direction,
         baseline=next((e.metric for e in experiments if e.is_baseline and e.metric is not None), None), best=best,
@@ -153,7 +157,7 @@ def read_run(config: Config, tag: str) -> RunFacts:
         fingerprint=Counter(fingerprints).most_common(1)[0][0] if fingerprints else None,
         budget_s=_budget(config, run.run_dir, run.profile),
         device=Counter(devices).most_common(1)[0][0] if devices else (run.profile or None),
-        agent_cost_usd=_agent_cost(run.run_dir, agent), base_commit=run.base_commit[:12])
+        agent_cost_usd=cost, base_commit=run.base_commit[:12])
 
 
 def common_mark(runs: list[RunFacts], mark: float) -> float | None:
@@ -200,7 +204,7 @@ def compare_runs(config: Config, tags: list[str], mark: float = 0.01, force: boo
     problems = differences(runs)
     if problems and not force:
         raise NotComparable("the runs are not comparable: " + "; ".join(problems) +
-                            ". Compare runs of the same target, data, budget and device, or pass --force to draw "
+                            ". Compare runs of the same target, data, budget, device and starting code, or pass --force to draw "
                             "them anyway")
     return Comparison(tuple(runs), tuple(problems))
 

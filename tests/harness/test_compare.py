@@ -115,3 +115,15 @@ def test_two_comparable_runs_give_a_chart_and_a_table(workspace: Path, capsys: p
     assert "comparable: yes: data fingerprint fake0123456789ab, budget 5 s per experiment" in out
     chart = workspace / "runs" / "compare-r-t.png"
     assert f"chart: {chart}" in out and chart.stat().st_size > 10_000
+
+
+def test_the_agent_and_its_cost_come_from_the_supervisors_records(tmp_path: Path) -> None:
+    from harness.compare import _supervised
+    from server.audit import AuditLog
+
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.append("supervisor", "run_start", status="ok", summary={"agent": "claude", "tag": "n1"})
+    audit.append("supervisor", "run_end", status="ok", summary={"state": "stopped", "cost_usd": 1.25})
+    audit.append("supervisor", "run_end", status="ok", summary={"state": "stopped", "cost_usd": 0.5})
+    assert _supervised(tmp_path) == ("claude", 1.75)
+    assert _supervised(tmp_path / "nowhere") == (None, None)
