@@ -204,8 +204,8 @@ def compare_runs(config: Config, tags: list[str], mark: float = 0.01, force: boo
     problems = differences(runs)
     if problems and not force:
         raise NotComparable("the runs are not comparable: " + "; ".join(problems) +
-                            ". Compare runs of the same target, data, budget, device and starting code, or pass --force to draw "
-                            "them anyway")
+                            ". Compare runs of the same target, data, budget, device and starting code, or pass "
+                            "--force to draw them anyway")
     return Comparison(tuple(runs), tuple(problems))
 
 
