@@ -4,9 +4,9 @@ Usage: python benchmarks/bench_agents.py [--experiments 20] [--seeds 0] [--budge
                                         [--out DIR]
 
 It clones the committed repository into a temporary folder (the workspace: train.py with its range comments,
-prepare.py, pyproject.toml), sets the CPU profile's `time_budget_s` to `--budget` there, and with `--eval-tokens` the
-evaluation's `AUTORESEARCH_EVAL_TOKENS` (a commit of the clone, so the runs start from a clean tree); then it prepares
-the data. The agents are this checkout's code; the clone only holds the
+prepare.py, pyproject.toml), sets the CPU profile's `time_budget_s` to `--budget` there (a commit of the clone, so the runs
+start from a clean tree) and prepares the data; `--eval-tokens` sets `AUTORESEARCH_EVAL_TOKENS` for the preparation and
+the runs, with a cache of their own. The agents are this checkout's code; the clone only holds the
 target. For each seed, runs `random-s<seed>` and `tpe-s<seed>` advance in turns of `--chunk` experiments
 (`autoresearch run ... --resume`), so a change in the machine's load falls on both agents alike and every turn but the
 first also exercises each agent's resume. At the end it writes the comparison chart and table with
@@ -43,17 +43,20 @@ def make_workspace(where: Path, budget: float, eval_tokens: int | None) -> tuple
     cpu = text.index("[tool.autoresearch.profiles.cpu]")
     head, tail = text[:cpu], text[cpu:]
     tail = re.sub(r"time_budget_s = [0-9.]+", f"time_budget_s = {budget:g}", tail, count=1)
-    if eval_tokens:  # a smaller validation set: the same data and metric, scored on fewer tokens
-        tail += (f'\n[tool.autoresearch.env]\nAUTORESEARCH_EVAL_TOKENS = "{eval_tokens}"\n'
-                 f'AUTORESEARCH_CACHE = "{where / "cache"}"\n')  # its own cache: prepared for these settings
     pyproject.write_text(head + tail, encoding="utf-8")
     sh(["git", "-c", "user.email=bench@example.com", "-c", "user.name=bench", "commit", "-qam",
         f"benchmark: CPU budget {budget:g} s, eval tokens {eval_tokens or 'default'}"], cwd=ws)
+    sh([sys.executable, "prepare.py"], cwd=ws, env=data_env(where, eval_tokens))
+    return ws, sh(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=ws).strip()
+
+
+def data_env(where: Path, eval_tokens: int | None) -> dict[str, str]:
+    """With --eval-tokens, a smaller validation set (the same data and metric, scored on fewer tokens) in a cache of
+    its own, prepared for those settings; the runs inherit these variables."""
     env = dict(os.environ)
     if eval_tokens:
         env.update(AUTORESEARCH_EVAL_TOKENS=str(eval_tokens), AUTORESEARCH_CACHE=str(where / "cache"))
-    sh([sys.executable, "prepare.py"], cwd=ws, env=env)
-    return ws, sh(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=ws).strip()
+    return env
 
 
 def make_fake_workspace(where: Path) -> tuple[Path, str]:
@@ -108,10 +111,10 @@ def main() -> int:
                              "optimum (--budget and --eval-tokens do not apply)")
     args = parser.parse_args()
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-agents-"))
+    env = dict(data_env(tmp, args.eval_tokens if args.target == "default" else None), PYTHONPATH=str(ROOT))
     if args.target == "default":
         env["AUTORESEARCH_PROFILE"] = "cpu"
-    tmp = Path(tempfile.mkdtemp(prefix="bench-agents-"))
     started = time.time()
     try:
         if args.target == "toy":
