@@ -46,15 +46,17 @@ log = logging.getLogger(__name__)
 
 # ---- Constants ----
 
-CACHE_FORMAT = 1                       # bump when the cache layout changes
-CHECKPOINT_FORMAT = 1                  # bump when the checkpoint layout changes
+CACHE_FORMAT = 2                       # bump when the cache layout changes (2: holdout split, secret split salt)
+EVAL_BATCH = 8                         # windows per forward pass in the evaluation; the model is exported at this shape
+PROBE_BATCHES = 4                      # scored batches re-run with a changed future to check causality
+TRUSTED_OP_NAMESPACES = ("aten",)      # operators an exported model may call (pure tensor math)
 DEFAULT_BUDGETS = {"cuda": 300.0, "mps": 120.0, "cpu": 60.0}  # training seconds per device type
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|reserved|>"]  # reserved at the top of the vocabulary
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
                  r"""\s+(?!\S)|\s+""")  # GPT-4-style pre-split: words, 1-3 digit groups, punctuation, whitespace
 CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 CLIMBMIX_VAL_SHARD = 6542               # pinned validation shard, never trained on
-OFFLINE_VAL_PERCENT = 10                # share of stdlib files (by path hash) held out for validation
+OFFLINE_VAL_PERCENT = 10                # share of stdlib files held out: half validation, half hidden holdout
 EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "ensurepip"}
 
 
@@ -166,14 +168,17 @@ def _path_hash(relpath: str) -> int:
     return int(hashlib.sha256(relpath.encode()).hexdigest()[:12], 16)
 
 
-def offline_corpus(corpus_bytes: int) -> tuple[list[str], list[str]]:
-    """(train documents, validation documents) from the standard library's .py files.
+def offline_corpus(corpus_bytes: int, salt: str = "") -> tuple[list[str], list[str], list[str]]:
+    """(train, validation, holdout documents) from the standard library's .py files.
 
     Why this text: it is real, varied English prose (docstrings, pydoc_data/topics.py) mixed with code, several MB,
     and present wherever Python runs, so the default experiment needs no download. Files are walked in sorted order,
     taken in the order of a hash of their relative path (a fixed shuffle that mixes packages) until corpus_bytes is
-    reached (empty files and exact copies skipped), and assigned to validation when the same hash falls in the first
-    OFFLINE_VAL_PERCENT of 100. The same Python installation therefore always yields the same bytes and split.
+    reached (empty files and exact copies skipped). A file is held out when a hash of the secret `salt` and its path
+    falls in the first OFFLINE_VAL_PERCENT of 100, and then goes to validation or to the holdout by the same hash.
+    The salt matters because the sandbox must show the standard library to run Python at all: without it, train.py
+    could recompute which files are scored and train on exactly those. The salt is kept beside the cache
+    (`split_salt`), which no training sandbox sees.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
     relpaths: list[str] = []
@@ -185,6 +190,7 @@ def offline_corpus(corpus_bytes: int) -> tuple[list[str], list[str]]:
     relpaths.sort(key=lambda p: (_path_hash(p), p))
     train: list[str] = []
     val: list[str] = []
+    holdout: list[str] = []
     total = 0
     seen: set[str] = set()
     for rel in relpaths:
@@ -197,10 +203,18 @@ def offline_corpus(corpus_bytes: int) -> tuple[list[str], list[str]]:
             continue  # empty __init__ files and copies would blur the train/validation split
         seen.add(text)
         total += size
-        (val if _path_hash(rel) % 100 < OFFLINE_VAL_PERCENT else train).append(text)
-    if not train or not val:
+        split = _path_hash(salt + rel)
+        if split % 100 >= OFFLINE_VAL_PERCENT:
+            train.append(text)
+        else:
+            (val if (split // 100) % 2 == 0 else holdout).append(text)
+    if not holdout and len(val) > 1:  # a small corpus: keep both scored splits non-empty
+        holdout.append(val.pop())
+    if not val and len(holdout) > 1:
+        val.append(holdout.pop())
+    if not train or not val or not holdout:
         raise PrepareError(f"the standard library at {root} gave too little text ({total} bytes) for a corpus")
-    return train, val
+    return train, val, holdout
 
 
 # ---- Climbmix download (parallel, retries with backoff, temp-then-rename, integrity check) ----
@@ -429,9 +443,13 @@ def prepare(settings: SourceSettings, *, workers: int = 8, download_kwargs: dict
         return out
     out.mkdir(parents=True, exist_ok=True)
     corpus_hash = hashlib.sha256()
+    salt_path = out / "split_salt"
+    if not salt_path.exists():
+        _atomic_write(salt_path, os.urandom(16).hex().encode())
+    salt = salt_path.read_text().strip()
     if settings.source == "offline":
-        train_docs, val_docs = offline_corpus(settings.corpus_bytes)
-        for doc in train_docs + val_docs:
+        train_docs, val_docs, holdout_docs = offline_corpus(settings.corpus_bytes, salt)
+        for doc in train_docs + val_docs + holdout_docs:
             corpus_hash.update(doc.encode())
         tokenizer_texts: list[str] = train_docs
     else:
@@ -441,7 +459,10 @@ def prepare(settings: SourceSettings, *, workers: int = 8, download_kwargs: dict
         for path in paths:
             corpus_hash.update(_sha256_file(path).encode())
         train_docs = [t for p in paths[:-1] for t in _parquet_texts(p)]
-        val_docs = _parquet_texts(paths[-1])
+        held = _parquet_texts(paths[-1])
+        order = sorted(range(len(held)), key=lambda i: _path_hash(f"{salt}{i}"))
+        val_docs = [held[i] for i in sorted(order[0::2])]
+        holdout_docs = [held[i] for i in sorted(order[1::2])]
         tokenizer_texts, total = [], 0
         for doc in train_docs:
             if total >= settings.corpus_bytes:
@@ -456,14 +477,18 @@ def prepare(settings: SourceSettings, *, workers: int = 8, download_kwargs: dict
     np.save(out / "token_bytes.npy", tokenizer.token_bytes())
     train_tokens = _token_stream(tokenizer, train_docs, "train")
     val_tokens = _token_stream(tokenizer, val_docs, "val")
+    holdout_tokens = _token_stream(tokenizer, holdout_docs, "holdout")
     _atomic_write(out / "train.bin", train_tokens.tobytes())
     _atomic_write(out / "val.bin", val_tokens.tobytes())
-    files = {name: _sha256_file(out / name) for name in ("tokenizer.json", "token_bytes.npy", "val.bin")}
+    _atomic_write(out / "holdout.bin", holdout_tokens.tobytes())
+    files = {name: _sha256_file(out / name)
+             for name in ("tokenizer.json", "token_bytes.npy", "val.bin", "holdout.bin")}
     fingerprint = hashlib.sha256(json.dumps({"corpus": corpus_hash.hexdigest(), "files": files,
                                              "settings": dataclasses.asdict(settings)}, sort_keys=True).encode())
     meta = {"cache_format": CACHE_FORMAT, "settings": dataclasses.asdict(settings), "files": files,
             "corpus_sha256": corpus_hash.hexdigest(), "fingerprint": fingerprint.hexdigest(),
             "train_tokens": int(train_tokens.size), "val_tokens": int(val_tokens.size),
+            "holdout_tokens": int(holdout_tokens.size),
             "train_bytes": (out / "train.bin").stat().st_size}
     _atomic_write(meta_path, json.dumps(meta, indent=2).encode())
     print(f"prepared {out}: {train_tokens.size:,} train / {val_tokens.size:,} val tokens, "
@@ -473,7 +498,7 @@ def prepare(settings: SourceSettings, *, workers: int = 8, download_kwargs: dict
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-    """A verified cache: what the dataloader and the evaluation read."""
+    """A verified cache: what the dataloader and the evaluation read (only the parts that were asked for)."""
 
     root: Path
     settings: SourceSettings
@@ -481,10 +506,20 @@ class Prepared:
     train_tokens: np.ndarray
     val_tokens: np.ndarray
     token_bytes: np.ndarray
+    holdout_tokens: np.ndarray
 
 
-def load_prepared(source: str | None = None, *, verify: bool = True) -> Prepared:
-    """Open the cache of the current source; refuse when it is missing or its files do not match meta.json."""
+_PARTS = {"train": ("train.bin",), "eval": ("val.bin", "holdout.bin", "token_bytes.npy"),
+          "all": ("train.bin", "val.bin", "holdout.bin", "token_bytes.npy")}
+_EMPTY = np.zeros(0, dtype=np.uint16)
+
+
+def load_prepared(source: str | None = None, *, verify: bool = True, part: str = "all") -> Prepared:
+    """Open the cache of the current source; refuse when it is missing or its files do not match meta.json.
+
+    `part` says what is needed: "train" (what a sandboxed train.py can see: meta.json and train.bin), "eval" (what
+    the sandboxed evaluation can see: validation, holdout and byte counts) or "all" (a hand run).
+    """
     settings = source_settings(source)
     root = source_dir(settings.source)
     hint = f"run `python prepare.py --source {settings.source}` (with the same AUTORESEARCH_* variables)"
@@ -496,20 +531,55 @@ def load_prepared(source: str | None = None, *, verify: bool = True) -> Prepared
         raise PrepareError(f"the cache in {root} was prepared with other settings than {settings}; {hint}")
     meta = json.loads(meta_path.read_text())
     settings = SourceSettings(**meta["settings"])
+    wanted = _PARTS[part]
     if verify:
         for name, digest in meta["files"].items():
+            if name not in wanted:
+                continue
             path = root / name
             actual = _sha256_file(path) if path.exists() else "missing"
             if actual != digest:
                 raise PrepareError(f"{path} does not match the recorded fingerprint "
                                    f"({actual[:12]} != {digest[:12]}); {hint}")
         train_path = root / "train.bin"
-        if not train_path.exists() or train_path.stat().st_size != meta["train_bytes"]:
+        if "train.bin" in wanted and (not train_path.exists() or train_path.stat().st_size != meta["train_bytes"]):
             raise PrepareError(f"{train_path} is missing or has the wrong size; {hint}")
+    has = lambda name: name in wanted  # noqa: E731
     return Prepared(root, settings, meta["fingerprint"],
-                    np.memmap(root / "train.bin", dtype=np.uint16, mode="r"),
-                    np.fromfile(root / "val.bin", dtype=np.uint16),
-                    np.load(root / "token_bytes.npy", allow_pickle=False))
+                    np.memmap(root / "train.bin", dtype=np.uint16, mode="r") if has("train.bin") else _EMPTY,
+                    np.fromfile(root / "val.bin", dtype=np.uint16) if has("val.bin") else _EMPTY,
+                    np.load(root / "token_bytes.npy", allow_pickle=False) if has("token_bytes.npy") else _EMPTY,
+                    np.fromfile(root / "holdout.bin", dtype=np.uint16) if has("holdout.bin") else _EMPTY)
+
+
+def run_seed(default: int) -> int:
+    """The seed of this run: AUTORESEARCH_SEED from the harness (a fresh one per run), else train.py's default."""
+    raw = os.environ.get("AUTORESEARCH_SEED")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise PrepareError(f"AUTORESEARCH_SEED={raw!r} is not an integer") from None
+
+
+def training_clock() -> Callable[[], float]:
+    """The clock the budget is measured on, the same one the harness enforces.
+
+    With AUTORESEARCH_CLOCK=cpu (the CPU profile) it is this process's CPU time divided by the threads it may use,
+    so a machine busy with other work slows the run down without changing how much training it gets. Otherwise it
+    is a monotonic wall clock.
+    """
+    if os.environ.get("AUTORESEARCH_CLOCK") == "cpu":
+        threads = cpu_threads()
+        return lambda: time.process_time() / threads
+    return time.perf_counter
+
+
+def cpu_threads() -> int:
+    """CPU threads this run may use: AUTORESEARCH_CPU_THREADS from the harness, else the CPUs it may run on."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, _env_int("AUTORESEARCH_CPU_THREADS", available))
 
 
 # ---- Dataloader ----
@@ -537,14 +607,15 @@ def train_batches(prepared: Prepared, batch_size: int, seq_len: int, seed: int =
         epoch += 1
 
 
-def eval_windows(prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed validation slice: (inputs, targets) of shape (n, seq_len), eval_tokens targets in total."""
+def eval_windows(prepared: Prepared, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """A fixed scored slice ("val" or "holdout"): (inputs, targets) of shape (n, seq_len), eval_tokens in total."""
     seq_len = prepared.settings.seq_len
-    n = min(prepared.settings.eval_tokens, prepared.val_tokens.size - 1) // seq_len
+    stream = prepared.val_tokens if split == "val" else prepared.holdout_tokens
+    n = min(prepared.settings.eval_tokens, stream.size - 1) // seq_len
     if n < 1:
-        raise PrepareError(f"the validation stream ({prepared.val_tokens.size} tokens) is shorter than one "
+        raise PrepareError(f"the {split} stream ({stream.size} tokens) is shorter than one "
                            f"window of {seq_len}; prepare a larger corpus")
-    rows = prepared.val_tokens[:n * seq_len + 1].astype(np.int64)
+    rows = stream[:n * seq_len + 1].astype(np.int64)
     return rows[:-1].reshape(n, seq_len), rows[1:].reshape(n, seq_len)
 
 
@@ -603,34 +674,38 @@ def _check_logits(logits: Any, shape: Any, vocab_size: int) -> Any:
     return logits
 
 
-# ---- Checkpoints ----
+# ---- Checkpoints: the model leaves the sandbox as data ----
 
-def save_checkpoint(model: Any, path: str | os.PathLike[str], model_config: Any) -> Path:
-    """Save what the evaluation needs: weights, the model class name and its config (a dataclass or a dict).
+def save_checkpoint(model: Any, path: str | os.PathLike[str], model_config: Any = None) -> Path:
+    """Export the model's forward pass as a torch.export program at the evaluation's shape and save it to `path`.
 
-    Only tensors and plain values are stored, so the evaluator loads them with torch.load(weights_only=True) and
-    nothing in the file can run code. Written to a temp file and renamed, so a crash never leaves half a checkpoint.
+    What the harness scores is this file alone: a graph of tensor operations with its weights. No code of train.py
+    runs in the evaluation, so nothing train.py patches, forks or leaves behind can touch the score. The program
+    takes token ids of shape (EVAL_BATCH, seq_len) and must return logits (EVAL_BATCH, seq_len, >= vocab_size).
+    A model that torch.export cannot capture (data-dependent Python control flow, unsupported operations) fails here
+    with the exporter's message; `model_config` is accepted for older callers and not needed.
     """
     import torch
 
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    if dataclasses.is_dataclass(model_config) and not isinstance(model_config, type):
-        config, config_class = dataclasses.asdict(model_config), type(model_config).__name__
-    elif isinstance(model_config, dict):
-        config, config_class = dict(model_config), ""
-    else:
-        raise TypeError(f"model_config must be a dataclass instance or a dict, got {type(model_config).__name__}")
+    settings = load_prepared(verify=False, part="train").settings
+    device = next(iter(model.parameters())).device
+    was_training = model.training
+    model.eval()
+    example = torch.zeros((EVAL_BATCH, settings.seq_len), dtype=torch.long, device=device)
     try:
-        fingerprint = load_prepared(verify=False).fingerprint
-    except PrepareError:
-        fingerprint = ""
-    payload = {"format": CHECKPOINT_FORMAT, "model_class": type(model).__name__, "config_class": config_class,
-               "config": config, "fingerprint": fingerprint,
-               "state_dict": {k: v.detach().to("cpu") for k, v in model.state_dict().items()}}
+        with torch.no_grad():
+            program = torch.export.export(model, (example,))
+    except Exception as exc:
+        raise PrepareError(f"torch.export could not capture the model's forward ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); keep forward(idx) free of "
+                           "data-dependent Python branches and non-tensor state") from None
+    finally:
+        model.train(was_training)
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    torch.save(payload, tmp)
+    tmp = dest.with_name(dest.name + ".tmp.pt2")
+    torch.export.save(program, tmp)
     os.replace(tmp, dest)
     return dest
 
@@ -649,7 +724,7 @@ def make_dataloader(tokenizer: Tokenizer, batch_size: int, seq_len: int, split: 
 
     if split != "train":
         raise PrepareError(f"make_dataloader split={split!r}: only 'train' is served; evaluation reads validation")
-    for x, y, epoch in train_batches(load_prepared(verify=False), batch_size, seq_len):
+    for x, y, epoch in train_batches(load_prepared(verify=False, part="train"), batch_size, seq_len):
         yield torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), epoch
 
 
@@ -659,124 +734,121 @@ def evaluate_bpb(model: Any, tokenizer: Tokenizer, batch_size: int) -> float:
     return evaluate_model(model, load_prepared(), device=device, batch_size=batch_size)[0]
 
 
-# ---- The evaluator (a separate process the harness runs on train.py's checkpoint) ----
+# ---- The evaluator (a separate, sandboxed process the harness runs on the exported model) ----
 
 class EvaluationRejected(RuntimeError):
-    """The checkpoint or the model broke the evaluation's rules; the message says which."""
+    """The model broke the evaluation's rules; the message says which."""
 
 
-def _load_train_module(train_file: Path, torch_mod: Any) -> Any:
-    """Import train.py as a module without running its __main__ block, with `import prepare` bound to this file."""
-    this = sys.modules[__name__]
-    sys.modules["prepare"] = this  # the pinned copy, whatever prepare.py sits beside train.py
-    sys.path.insert(0, str(train_file.parent))
-    spec = importlib.util.spec_from_file_location("train_under_evaluation", train_file)
-    if spec is None or spec.loader is None:
-        raise EvaluationRejected(f"cannot import {train_file} as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    if sys.modules.get("prepare") is not this:
-        raise EvaluationRejected("train.py replaced the `prepare` module during import; it must only import it")
-    return module
+def load_program(path: Path, trusted: tuple[str, ...] = TRUSTED_OP_NAMESPACES) -> Any:
+    """Load an exported program and refuse anything but a pure function of the token ids.
+
+    Refused: state the program mutates (buffers or inputs), more than one input or output, constants that are not
+    tensors, and any call that is not an operator of a trusted namespace (no Python callables, no custom operators
+    unless trusted). What is left cannot tell a probe from a scored batch except by the tokens themselves.
+    """
+    import operator
+
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise EvaluationRejected(f"{path} is not a program saved by prepare.save_checkpoint "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    try:  # functional form: every in-place update of state becomes visible in the signature
+        program = program.run_decompositions({})
+    except Exception as exc:
+        raise EvaluationRejected(f"the exported model cannot be put in functional form ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]})") from None
+    sig = program.graph_signature
+    if sig.buffers_to_mutate or sig.user_inputs_to_mutate:
+        raise EvaluationRejected("the exported model mutates state (buffers or inputs) in forward; the evaluation "
+                                 "accepts only a pure function of the token ids")
+    if len(sig.user_inputs) != 1 or len(sig.user_outputs) != 1:
+        raise EvaluationRejected(f"the exported model takes {len(sig.user_inputs)} inputs and returns "
+                                 f"{len(sig.user_outputs)} outputs; expected forward(idx) -> logits")
+    for name, value in getattr(program, "constants", {}).items():
+        if not isinstance(value, torch.Tensor):
+            raise EvaluationRejected(f"the exported model holds a non-tensor constant {name!r}")
+    for module in program.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        if graph is None:
+            continue
+        for node in graph.nodes:
+            if node.op in ("call_module", "call_method"):
+                raise EvaluationRejected(f"the exported graph calls {node.op} {node.target!r}; only operators")
+            if node.op != "call_function":
+                continue
+            target = node.target
+            if target is operator.getitem:
+                continue
+            if isinstance(target, torch._ops.OpOverload) and target.namespace in trusted \
+                    and not target._schema.is_mutable:
+                continue
+            raise EvaluationRejected(f"the exported graph calls {target!r}, which is not an operator of a trusted "
+                                     f"namespace ({', '.join(trusted)}); use plain tensor operations")
+    return program
 
 
-def _build_model(module: Any, ckpt: dict[str, Any]) -> Any:
-    model_cls = getattr(module, ckpt["model_class"], None)
-    if model_cls is None:
-        raise EvaluationRejected(f"train.py defines no module-level class {ckpt['model_class']!r}; keep the model "
-                                 f"class at module level so the evaluation can build it")
-    if ckpt["config_class"]:
-        config_cls = getattr(module, ckpt["config_class"], None)
-        if config_cls is None:
-            raise EvaluationRejected(f"train.py defines no module-level config class {ckpt['config_class']!r}")
-        return model_cls(config_cls(**ckpt["config"]))
-    return model_cls(**ckpt["config"])
-
-
-def run_evaluation(checkpoint: Path, train_file: Path, device: str | None = None, batch_size: int = 8,
+def run_evaluation(model_path: Path, device: str | None = None, holdout: bool = False,
                    probe_tolerance: float = 1e-3) -> dict[str, Any]:
-    """Score a checkpoint with this file's code: returns {val_bpb, eval_tokens, eval_seconds, corpus_fingerprint}.
+    """Score an exported model: {val_bpb, [holdout_bpb], eval_tokens, eval_seconds, corpus_fingerprint}.
 
-    Defences against the code under test: torch functions are captured before train.py is imported; `prepare` is
-    aliased to this file; the checkpoint is loaded with weights_only; the logits are validated and scored here;
-    a causality probe rejects a model whose early logits change when later tokens do.
+    Causality: PROBE_BATCHES scored batches, chosen at random with a seed from the operating system, are run a
+    second time with every token after a random position p replaced by tokens of another validation window (real
+    text, so the probe looks like any batch); the logits up to p must not move. A model that reads the future at
+    every position fails every probe; one that reads it at a single position j is caught only when some p == j.
     """
     import torch
 
-    # Captured before any code from train.py runs, so patching torch's module attributes changes nothing here.
-    t_load, t_from_numpy, t_no_grad, t_tensor = torch.load, torch.from_numpy, torch.no_grad, torch.Tensor
-    t_max, t_abs, t_randint, t_gen = torch.max, torch.abs, torch.randint, torch.Generator
-    disable_tf = torch._C.DisableTorchFunction
-    score, check, bpb = score_logits, _check_logits, bits_per_byte
-
     started = time.time()
-    prepared = load_prepared()
-    if not checkpoint.exists():
-        raise EvaluationRejected(f"no checkpoint at {checkpoint}; train.py must call prepare.save_checkpoint(...)")
-    try:
-        ckpt = t_load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EvaluationRejected(f"cannot load checkpoint {checkpoint}: {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise EvaluationRejected(f"{checkpoint} is not a checkpoint written by prepare.save_checkpoint")
-    if ckpt["fingerprint"] and ckpt["fingerprint"] != prepared.fingerprint:
-        raise EvaluationRejected(f"the model was trained on other data (fingerprint {ckpt['fingerprint'][:12]} != "
-                                 f"{prepared.fingerprint[:12]}); results on different data are not comparable")
-    module = _load_train_module(train_file, torch)
-    model = _build_model(module, ckpt)
-    try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except Exception as exc:
-        raise EvaluationRejected(f"the checkpoint's weights do not fit {ckpt['model_class']}: {exc}") from None
+    prepared = load_prepared(part="eval")
+    if not model_path.is_file():
+        raise EvaluationRejected(f"no model at {model_path}; train.py must call prepare.save_checkpoint(model, path)")
+    module = load_program(model_path).module()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).eval()
-    vocab = prepared.settings.vocab_size
-    inputs, targets = eval_windows(prepared)
-    token_bytes = t_from_numpy(prepared.token_bytes.astype(np.int64)).to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _NullContext()
+    vocab, seq_len = prepared.settings.vocab_size, prepared.settings.seq_len
+    token_bytes = torch.from_numpy(prepared.token_bytes.astype(np.int64)).to(device)
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
 
     def forward(x: Any) -> Any:
-        with autocast:
-            logits = model(x)
-        with disable_tf():
-            if type(logits) is not t_tensor:
-                raise EvaluationRejected(f"the model returned {type(logits).__name__}, not a plain torch.Tensor")
-            return check(logits, x.shape, vocab).float()
+        return _check_logits(module(x), x.shape, vocab).float()
 
-    with t_no_grad():
-        # Causality probe: change every token after position p; the logits up to p must not move.
-        probe = t_from_numpy(inputs[:min(2, len(inputs))].copy()).to(device)
-        seq_len = probe.shape[1]
-        gen = t_gen().manual_seed(1234)
-        p = int(t_randint(seq_len // 4, max(seq_len // 4 + 1, 3 * seq_len // 4), (1,), generator=gen))
-        perturbed = probe.clone()
-        perturbed[:, p + 1:] = t_randint(0, vocab - len(SPECIAL_TOKENS), (probe.shape[0], seq_len - p - 1),
-                                         generator=gen).to(device)
-        base, moved = forward(probe), forward(perturbed)
-        with disable_tf():
-            drift = float(t_max(t_abs(base[:, :p + 1] - moved[:, :p + 1])))
-        if not drift <= probe_tolerance * max(1.0, float(t_max(t_abs(base[:, :p + 1])))):
-            raise EvaluationRejected(f"causality probe failed: logits at positions <= {p} changed by {drift:.3g} "
-                                     f"when only later tokens changed; the model must not look at future tokens")
+    def score_split(split: str) -> tuple[float, int]:
+        inputs, targets = eval_windows(prepared, split)
+        n_batches = (len(inputs) + EVAL_BATCH - 1) // EVAL_BATCH
+        probed = set(rng.choice(n_batches, size=min(PROBE_BATCHES, n_batches), replace=False).tolist())
         nats, nbytes = 0.0, 0
-        for i in range(0, len(inputs), batch_size):
-            x = t_from_numpy(inputs[i:i + batch_size]).to(device)
-            y = t_from_numpy(targets[i:i + batch_size]).to(device)
+        for b in range(n_batches):
+            rows = np.arange(b * EVAL_BATCH, min((b + 1) * EVAL_BATCH, len(inputs)))
+            padded = np.resize(rows, EVAL_BATCH)  # the program has a fixed batch: repeat rows, score the real ones
+            x = torch.from_numpy(inputs[padded]).to(device)
             logits = forward(x)
-            with disable_tf():
-                n, b = score(logits, y, token_bytes)
-            nats, nbytes = nats + n, nbytes + b
-    return {"val_bpb": bpb(nats, nbytes), "eval_tokens": int(targets.size),
-            "eval_seconds": time.time() - started, "corpus_fingerprint": prepared.fingerprint}
+            if b in probed:
+                p = int(rng.integers(0, seq_len - 1))
+                other = torch.from_numpy(inputs[rng.integers(0, len(inputs), EVAL_BATCH)]).to(device)
+                changed = x.clone()
+                changed[:, p + 1:] = other[:, p + 1:]
+                moved = forward(changed)
+                drift = float((logits[:, :p + 1] - moved[:, :p + 1]).abs().max())
+                if not drift <= probe_tolerance * max(1.0, float(logits[:, :p + 1].abs().max())):
+                    raise EvaluationRejected(f"causality probe failed: logits at positions <= {p} changed by "
+                                             f"{drift:.3g} when only later tokens changed; the model must not look "
+                                             "at future tokens")
+            y = torch.from_numpy(targets[rows]).to(device)
+            n, nb = score_logits(logits[:len(rows)], y, token_bytes)
+            nats, nbytes = nats + n, nbytes + nb
+        return bits_per_byte(nats, nbytes), int(targets.size)
 
-
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    with torch.no_grad():
+        val_bpb, eval_tokens = score_split("val")
+        result: dict[str, Any] = {"val_bpb": val_bpb}
+        if holdout:
+            result["holdout_bpb"] = score_split("holdout")[0]
+    result.update({"eval_tokens": eval_tokens, "eval_seconds": time.time() - started,
+                   "corpus_fingerprint": prepared.fingerprint})
+    return result
 
 
 def format_summary(values: dict[str, Any]) -> str:
@@ -793,27 +865,13 @@ def format_summary(values: dict[str, Any]) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    # Saved before train.py is imported: the result is written and the process ended with functions it cannot swap,
-    # and os._exit skips atexit handlers or threads train.py may have left behind to print a block of their own.
-    write, flush_exit, stdout_fd, stderr_fd = os.write, os._exit, sys.stdout.fileno(), sys.stderr.fileno()
-    sys.stdout.flush()
     try:
-        result = run_evaluation(Path(args.checkpoint), Path(args.train_file), device=args.device,
-                                batch_size=args.batch_size)
+        result = run_evaluation(Path(args.model), device=args.device, holdout=args.holdout)
     except (PrepareError, EvaluationRejected) as exc:
-        write(stderr_fd, f"evaluation failed: {exc}\n".encode())
-        flush_exit(2)
-    except Exception as exc:  # the model's own code crashed
-        write(stderr_fd, f"evaluation failed: {type(exc).__name__}: {exc}\n".encode())
-        flush_exit(3)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except Exception:
-        pass
-    write(stdout_fd, format_summary(result).encode())
-    flush_exit(0)
-    return 0  # not reached
+        print(f"evaluation failed: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(format_summary(result))
+    return 0
 
 
 # ---- Command line ----
@@ -836,11 +894,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="climbmix training shards to download (default 10)")
     parser.add_argument("--workers", type=_positive_int, default=8, help="parallel downloads (default 8)")
     sub = parser.add_subparsers(dest="command")
-    ev = sub.add_parser("evaluate", help="score a checkpoint saved by train.py (what the harness records)")
-    ev.add_argument("--checkpoint", required=True, help="checkpoint written by prepare.save_checkpoint")
-    ev.add_argument("--train-file", required=True, help="the train.py that defines the model class")
+    ev = sub.add_parser("evaluate", help="score a model exported by prepare.save_checkpoint (what the harness records)")
+    ev.add_argument("--model", required=True, help="the exported program written by prepare.save_checkpoint")
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    ev.add_argument("--batch-size", type=_positive_int, default=8, help="evaluation windows per forward pass")
+    ev.add_argument("--holdout", action="store_true", help="also score the hidden holdout split (for the person)")
     return parser
 
 

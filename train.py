@@ -1,11 +1,14 @@
 """The experiment: a small GPT trained for a fixed time budget. This is the one file the agent edits.
 
 Run by hand (`python train.py`) it trains, evaluates with prepare.py's evaluation and prints a summary block.
-Under the harness (AUTORESEARCH_CHECKPOINT set) it trains, saves the model through prepare.save_checkpoint and prints
-the block without val_bpb; the harness scores the checkpoint in a separate process with the locked prepare.py.
+Under the harness (AUTORESEARCH_CHECKPOINT set) it runs in a sandbox that sees the training data only, trains, exports
+the model through prepare.save_checkpoint and prints the block without val_bpb; the harness scores the exported
+program in another sandbox with the locked prepare.py. No code of this file runs there.
 
-Contract with the evaluation: the model class and its config class live at module level, training lives under
-`if __name__ == "__main__":`, and `model(idx)` returns logits of shape (batch, seq, >= vocab_size).
+Contract with the evaluation: `model(idx)` returns logits of shape (batch, seq, >= vocab_size) and can be captured by
+torch.export (tensor operations, no data-dependent Python branches in forward). The seed comes from the harness
+(AUTORESEARCH_SEED, a fresh one per run) and the budget is measured on prepare.training_clock(), the clock the harness
+enforces.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def by_device(cuda: object, mps: object, cpu: object) -> object:
 # ---- Hyperparameters (edit these directly, no CLI flags) ----
 
 DEVICE = pick_device()
-SEED = 42                                        # seeds the weights and the data order; fixed
+SEED = 42                                        # seeds the weights and the data order (by hand; the harness sets one); fixed
 DEPTH = by_device(8, 6, 4)                       # transformer blocks
 MODEL_DIM = by_device(512, 384, 128)             # residual stream width
 HEAD_DIM = by_device(128, 64, 32)                # width of one attention head
@@ -304,17 +307,20 @@ def sync(device_type: str) -> None:
 def main() -> None:
     global ATTENTION_NAME, attention
     t_start = time.time()
-    torch.manual_seed(SEED)
+    clock = prepare.training_clock()
+    seed = prepare.run_seed(SEED)
+    torch.manual_seed(seed)
     device_type = DEVICE
     if device_type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(prepare.cpu_threads())
     capability = torch.cuda.get_device_capability() if device_type == "cuda" else None
     ATTENTION_NAME, attention = select_attention(device_type, capability)
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    prepared = prepare.load_prepared()
+    checkpoint = prepare.checkpoint_path()
+    prepared = prepare.load_prepared(part="train" if checkpoint is not None else "all")
     seq_len = prepared.settings.seq_len
     budget = prepare.time_budget(device_type)
     batch_size = min(DEVICE_BATCH_SIZE, max(1, TOTAL_BATCH_TOKENS // seq_len))
@@ -327,14 +333,14 @@ def main() -> None:
     step_model = torch.compile(model) if COMPILE else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device_type == "cuda" else torch.autocast(
         device_type, enabled=False)
-    loader = prepare.train_batches(prepared, batch_size, seq_len, seed=SEED)
+    loader = prepare.train_batches(prepared, batch_size, seq_len, seed=seed)
     print(f"device {device_type} | attention {ATTENTION_NAME} | params {num_params / 1e6:.2f}M | "
           f"batch {batch_size}x{seq_len}x{grad_accum} | budget {budget:.0f}s", flush=True)
 
     training_time, step, tokens = 0.0, 0, 0
     while True:
         sync(device_type)
-        t0 = time.time()
+        t0 = clock()
         for _ in range(grad_accum):
             x, y, _epoch = next(loader)
             x, y = torch.from_numpy(x).to(device_type), torch.from_numpy(y).to(device_type)
@@ -351,7 +357,7 @@ def main() -> None:
         if not math.isfinite(loss_value) or loss_value > MAX_LOSS:
             fail(f"training loss is {loss_value} at step {step}; the run diverged")
         sync(device_type)
-        dt = time.time() - t0
+        dt = clock() - t0
         step += 1
         tokens += grad_accum * batch_size * seq_len
         if step > UNTIMED_STEPS:
@@ -366,8 +372,9 @@ def main() -> None:
     mfu = "unknown" if peak_flops is None or training_time == 0 else \
         f"{100 * flops_per_token(model) * tokens / training_time / peak_flops:.2f}"
     results: dict[str, object] = {}
-    checkpoint = prepare.checkpoint_path()
     if checkpoint is not None:
+        if ATTENTION_NAME != "sdpa":  # the evaluator runs aten operators only; SDPA computes the same function
+            ATTENTION_NAME, attention = select_attention("cpu")
         prepare.save_checkpoint(model, checkpoint, config)
     else:
         model.eval()
@@ -383,6 +390,7 @@ def main() -> None:
         "num_params_M": num_params / 1e6,
         "depth": DEPTH,
         "device": device_type,
+        "seed": seed,
     })
     print(summary_block(results), end="", flush=True)
 

@@ -168,7 +168,8 @@ EVAL_LABEL = "child process: evaluation"
 
 
 def _child_label(argv: Any, **kwargs: Any) -> str:
-    return EVAL_LABEL if Path(str(kwargs.get("log_path", ""))).name == "eval.log" else "child process: train.py"
+    name = Path(str(kwargs.get("log_path", ""))).name
+    return EVAL_LABEL if "eval.log" in name else "child process: train.py"
 
 
 def install_profile(profile: Profile) -> None:

@@ -64,10 +64,13 @@ def _common(parser: argparse.ArgumentParser, tag: bool = True, inner: bool = Fal
 
 # ---- commands ----
 
+UNSEALED_HELP = ("create the run even where experiments cannot be sealed (no bubblewrap or user namespaces): "
+                 "train.py could then forge its score, and every result is marked unsealed")
+
 def cmd_init(args: argparse.Namespace) -> int:
     """Create branch autoresearch/<tag>, pin the locked files and create runs/<tag>/."""
     config = _load(args)
-    info = init_run(config, args.tag or default_tag())
+    info = init_run(config, args.tag or default_tag(), allow_unsealed=args.allow_unsealed)
     pins = ", ".join(f"{p.path} {p.sha256[:12]}" for p in info.pins)
     print(f"run {info.tag}: branch {info.branch} at {info.base_commit[:7]}; pinned {pins}")
     print(f"profile {config.profile or '(none)'}: budget {config.time_budget_s:g} s, hard limit "
@@ -217,7 +220,7 @@ def _init_or_resume(config: Config, args: argparse.Namespace) -> RunInfo:
     except RunError:
         if args.resume:
             raise CliError(f"--resume given but there is no run {tag!r}: drop --resume to create it")
-        return init_run(config, tag)
+        return init_run(config, tag, allow_unsealed=getattr(args, "allow_unsealed", False))
     if not args.resume:
         raise CliError(f"run {tag!r} already exists: add --resume to continue it, or pick a new --tag")
     set_current(config, tag)
@@ -331,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    add("init", cmd_init)
+    p = add("init", cmd_init)
+    p.add_argument("--allow-unsealed", action="store_true", help=UNSEALED_HELP)
     p = add("serve", cmd_serve)
     p.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
@@ -377,12 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-experiments", type=int, default=6 if name == "demo" else None,
                        help="stop after this many experiments" + (" (default 6)" if name == "demo" else ""))
         p.add_argument("--seed", type=int, default=0, help="random or tpe agent seed (default 0)")
+        p.add_argument("--allow-unsealed", action="store_true", help=UNSEALED_HELP)
     p = add("compare", cmd_compare, tag=False)
     p.add_argument("tags", nargs="+", metavar="TAG", help="the runs to compare (at least two)")
     p.add_argument("--mark", type=float, default=0.01,
                    help="relative improvement over the baseline that counts as reached (default 0.01 = 1 %%)")
     p.add_argument("--out", type=Path, default=None, help="the chart (default: runs/compare-<tags>.png)")
-    p.add_argument("--force", action="store_true", help="compare runs that differ in data, budget, device or starting code anyway")
+    p.add_argument("--force", action="store_true",
+                   help="compare runs that differ in data, budget, device or starting code anyway")
     p.add_argument("--usd-per-hour", type=float, default=None, help="price of the machine, for the cost to the mark")
     p = add("stop", cmd_stop)
     p.add_argument("--cancel", action="store_true", help="withdraw a stop request that has not been acted on yet")

@@ -12,6 +12,7 @@ read through its ``[tool.autoresearch]`` table too.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import math
 import os
@@ -42,10 +43,13 @@ _METRIC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _TOP_KEYS = (
     "mutable", "locked", "command", "metric", "direction", "min_improvement", "time_budget_s", "hard_timeout_s",
     "evaluate", "runs_dir", "branch_prefix", "log_max_bytes", "tail_lines", "memory_metric", "fingerprint_metric",
-    "env", "profile", "profiles",
+    "env", "profile", "profiles", "sandbox",
 )
 _PROFILE_KEYS = tuple(k for k in _TOP_KEYS if k not in ("profile", "profiles"))
 _EVALUATE_KEYS = ("mode", "command", "timeout_s")
+_SANDBOX_KEYS = ("mode", "allow_unsealed", "startup_s", "clock", "memory_mb", "cpu_threads", "train_read", "eval_read",
+                 "pass_env", "max_artifact_mb")
+_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _REQUIRED = ("mutable", "command", "metric", "direction", "time_budget_s", "hard_timeout_s")
 
 
@@ -60,6 +64,29 @@ class EvaluateConfig:
     mode: Literal["checkpoint", "stdout"]
     command: tuple[str, ...]
     timeout_s: float
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How an experiment is sealed (see server/sandbox.py for what the sandbox covers).
+
+    `train_read` / `eval_read` are the only host files the training and the evaluation sandboxes may read (besides
+    the system and the Python environment), already expanded (`${VAR:-default}` and `~`). `pass_env` names
+    variables copied from the server's environment when the run is created (their values are frozen with the run).
+    `clock = "cpu"` measures the budget in CPU seconds of the sandbox divided by `cpu_threads` (or the CPU count),
+    so a busy machine does not change how much compute an experiment gets; `"wall"` measures wall-clock seconds.
+    """
+
+    mode: Literal["bwrap", "off"] = "bwrap"
+    allow_unsealed: bool = False
+    startup_s: float = 30.0
+    clock: Literal["wall", "cpu"] = "wall"
+    memory_mb: int = 0
+    cpu_threads: int = 0
+    train_read: tuple[str, ...] = ()
+    eval_read: tuple[str, ...] = ()
+    pass_env: tuple[str, ...] = ()
+    max_artifact_mb: int = 8192
 
 
 @dataclass(frozen=True)
@@ -85,6 +112,8 @@ class Config:
     fingerprint_metric: str | None = "corpus_fingerprint"
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     profile: str = ""
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    table: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # merged TOML, frozen at init
 
     def improves(self, candidate: float, best: float) -> bool:
         """True when ``candidate`` beats ``best`` by strictly more than ``min_improvement``; a tie never wins."""
@@ -190,6 +219,9 @@ def load_config(
         if "evaluate" in body:
             v.require_table(body["evaluate"], f"profiles.{name}.evaluate")
             v.check_keys(body["evaluate"], _EVALUATE_KEYS, f"profiles.{name}.evaluate.")
+        if "sandbox" in body:
+            v.require_table(body["sandbox"], f"profiles.{name}.sandbox")
+            v.check_keys(body["sandbox"], _SANDBOX_KEYS, f"profiles.{name}.sandbox.")
 
     env_map = os.environ if environ is None else environ
     requested, origin = profile, "the profile argument"
@@ -270,7 +302,7 @@ def _merge(
     origins: dict[str, str] = {}
     for key, value in overrides.items():
         where = f"profiles.{profile}.{key}"
-        if key in ("evaluate", "env") and isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if key in ("evaluate", "env", "sandbox") and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
             origins.update({f"{key}.{sub}": f"{where}.{sub}" for sub in value})
         else:
@@ -421,6 +453,61 @@ def _build(ws: Path, source: Path, d: dict[str, Any], profile: str, v: _Validato
         fingerprint_metric=v.optional_name(d.get("fingerprint_metric", "corpus_fingerprint"), "fingerprint_metric"),
         env=MappingProxyType(dict(env)),
         profile=profile,
+        sandbox=_sandbox(d.get("sandbox", {}), v, d.get("hard_timeout_s")),
+        table=MappingProxyType(json.loads(json.dumps(d))),
+    )
+
+
+def config_from_table(workspace: Path, table: Mapping[str, Any], profile: str, source: Path) -> Config:
+    """Rebuild a run's configuration from the table frozen into its run.json (see runstate.frozen_config)."""
+    return _build(workspace, source, dict(table), profile, _Validator(source, "config."))
+
+
+def expand_env_refs(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """`${NAME}` and `${NAME:-default}` from the environment, then a leading `~`."""
+    env = os.environ if environ is None else environ
+    out = _ENV_REF_RE.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), text)
+    return os.path.expanduser(out)
+
+
+def _sandbox(table: Any, v: _Validator, hard_timeout: Any) -> SandboxConfig:
+    v.require_table(table, "sandbox")
+    v.check_keys(table, _SANDBOX_KEYS, "sandbox.")
+    mode = v.choice(table.get("mode", "bwrap"), "sandbox.mode", ("bwrap", "off"))
+    allow = table.get("allow_unsealed", False)
+    if not isinstance(allow, bool):
+        raise v.fail("sandbox.allow_unsealed", allow, "true or false")
+    if mode == "off" and not allow:
+        raise v.fail("sandbox.mode", mode, "'bwrap', or 'off' together with sandbox.allow_unsealed = true (results "
+                                           "are then marked unsealed: train.py could forge them)")
+    startup = v.number(table.get("startup_s", 30.0), "sandbox.startup_s", minimum=0.0, exclusive=False)
+    clock = v.choice(table.get("clock", "wall"), "sandbox.clock", ("wall", "cpu"))
+    reads = {}
+    for key in ("train_read", "eval_read"):
+        raw = table.get(key, [])
+        if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+            raise v.fail(f"sandbox.{key}", raw, "a list of file or folder paths (${VAR:-default} and ~ allowed)")
+        paths = []
+        for item in raw:
+            path = expand_env_refs(item)
+            if not os.path.isabs(path):
+                raise v.fail(f"sandbox.{key}", item, f"an absolute path after expansion (got {path!r})")
+            paths.append(os.path.normpath(path))
+        reads[key] = tuple(paths)
+    pass_env = table.get("pass_env", [])
+    if not isinstance(pass_env, list) or not all(isinstance(x, str) and _ENV_NAME_RE.match(x) for x in pass_env):
+        raise v.fail("sandbox.pass_env", pass_env, "a list of environment variable names")
+    return SandboxConfig(
+        mode=mode,  # type: ignore[arg-type]
+        allow_unsealed=allow,
+        startup_s=startup,
+        clock=clock,  # type: ignore[arg-type]
+        memory_mb=v.integer(table.get("memory_mb", 0), "sandbox.memory_mb", 0),
+        cpu_threads=v.integer(table.get("cpu_threads", 0), "sandbox.cpu_threads", 0, os.cpu_count() or 1),
+        train_read=reads["train_read"],
+        eval_read=reads["eval_read"],
+        pass_env=tuple(pass_env),
+        max_artifact_mb=v.integer(table.get("max_artifact_mb", 8192), "sandbox.max_artifact_mb", 1),
     )
 
 

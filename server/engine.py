@@ -42,9 +42,10 @@ from server.models import (
     Reference,
     RunExperimentResult,
 )
-from server.experiment import ExperimentPaths, as_float, execute, read_tail
+from server import sandbox
+from server.experiment import ExperimentPaths, Plan, as_float, execute, read_tail
 from server.runner import is_our_group, kill_group, kill_marked
-from server.runstate import RunInfo
+from server.runstate import RunInfo, frozen_config, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,13 @@ class Engine:
     """One run (tag) of one workspace. Several engines (processes) may share a run; files and locks keep it whole."""
 
     def __init__(self, config: Config, run: RunInfo) -> None:
-        self.config = config
+        self.config = frozen_config(config, run)  # later edits of pyproject.toml change nothing for this run
+        config = self.config
         self.run = run
+        reason = sandbox.probe() if config.sandbox.mode == "bwrap" else "sandbox.mode is 'off'"
+        self.sealed = reason is None
+        self.unsealed_reason = reason
+        self.private_dir = private_dir(run)
         self.run_dir = run.run_dir
         self.repo = GitRepo(config.workspace)
         self.ledger = Ledger(self.run_dir, metric_name=config.metric)
@@ -270,6 +276,10 @@ class Engine:
         if hypothesis is not None:
             hypothesis = _clean(hypothesis, "hypothesis", min_len=0, max_len=MAX_HYPOTHESIS) or None
         with self._experiment_lock():
+            if not self.sealed and not self.config.sandbox.allow_unsealed:
+                raise Refusal(f"experiments of run {self.run.tag} must run sealed, but {self.unsealed_reason}. "
+                              "A person must fix that, or create the run with `autoresearch init --allow-unsealed` "
+                              "(results are then marked unsealed).")
             experiments = self.ledger.experiments()
             self._refuse_past_limits(len(experiments))
             waiting = history.pending(experiments)
@@ -312,13 +322,14 @@ class Engine:
         commit = self.repo.snapshot_commit(parent, list(self.config.mutable), f"experiment {exp_id}: {label}",
                                            f"refs/autoresearch/{self.run.tag}/{exp_id:04d}")
         started = time.time()
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         limit = self.config.hard_timeout_s + (self.config.evaluate.timeout_s if self.config.evaluate.mode ==
                                               "checkpoint" else 0.0)
         inflight: dict[str, object] = {
             "id": exp_id, "tag": self.run.tag, "description": description, "hypothesis": hypothesis,
             "parent": parent, "commit": commit, "diff": diff, "is_baseline": is_baseline, "caller": caller,
             "started_at": started, "deadline": started + limit, "exp_dir": str(exp_dir), "pgid": None,
-            "marker": None,
+            "marker": None, "seed": seed, "sealed": self.sealed,
         }
         atomic_write_text(self.inflight_path, json.dumps(inflight))
 
@@ -331,9 +342,13 @@ class Engine:
             problems = self._enforce_pins("during a run", exp_id)
             return problems + [str(v.get("detail") or v.get("path")) for v in self._violations_since(started)]
 
-        paths = ExperimentPaths(exp_dir, self.pinned_dir, self.run_dir)
+        paths = ExperimentPaths(exp_dir, self.pinned_dir, self.run_dir, self.private_dir)
+        frozen = self.run.frozen or {}
+        plan = Plan(exp_id=exp_id, seed=seed, sealed=self.sealed, pins=self.run.pins,
+                    data_sha256=dict(frozen.get("data_sha256") or {}),  # type: ignore[arg-type]
+                    passed_env=dict(frozen.get("env") or {}))  # type: ignore[arg-type]
         try:
-            outcome = await execute(self.config, exp_id, paths, on_started, integrity_problems)
+            outcome = await execute(self.config, plan, paths, on_started, integrity_problems)
         except asyncio.CancelledError:
             failure = "cancelled: the client cancelled the call (or the server is stopping); the run was killed"
             self._append_experiment(inflight, status="crash", failure=failure, metric=None, verified=False,
@@ -342,6 +357,9 @@ class Engine:
                                     fingerprint=None, decision="discard", decision_reason=failure)
             self.inflight_path.unlink(missing_ok=True)
             raise
+        for text in outcome.violations:
+            self._record_violation(text, text.split(" copy of ", 1)[-1].split(" differs", 1)[0], "during a run",
+                                   exp_id)
         status, failure, fingerprint = outcome.status, outcome.failure, outcome.fingerprint
         if status == "ok":
             reference = history.baseline(experiments)
@@ -361,14 +379,19 @@ class Engine:
                                       metrics=outcome.metrics, finished=time.time(), train_s=outcome.train_s,
                                       eval_s=outcome.eval_s, log_tail=outcome.tail, fingerprint=fingerprint,
                                       decision=decision,
-                                      decision_reason=reason, kept_commit=parent if decision == "keep" else None)
+                                      decision_reason=reason, kept_commit=parent if decision == "keep" else None,
+                                      sealed=outcome.sealed)
+        if outcome.private:
+            append_record(self.private_dir / "holdout.jsonl",
+                          {"experiment_id": exp_id, "time": _iso(time.time()), **outcome.private})
         self.inflight_path.unlink(missing_ok=True)
         return self._run_result(exp, experiments)
 
     def _append_experiment(self, data: dict[str, object], *, status: str, failure: str | None, metric: float | None,
                            verified: bool, metrics: dict[str, float | str], finished: float, train_s: float | None,
                            eval_s: float | None, log_tail: str, fingerprint: str | None, decision: str | None,
-                           decision_reason: str | None, kept_commit: str | None = None) -> Experiment:
+                           decision_reason: str | None, kept_commit: str | None = None,
+                           sealed: bool | None = None) -> Experiment:
         started = float(data["started_at"])  # type: ignore[arg-type]
         memory = as_float(metrics.get(self.config.memory_metric)) if self.config.memory_metric else None
         clean_metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
@@ -382,6 +405,7 @@ class Engine:
             log_path=str(Path(str(data["exp_dir"])) / "run.log"), fingerprint=fingerprint,
             is_baseline=bool(data.get("is_baseline")), caller=data.get("caller"),  # type: ignore[arg-type]
             decision=decision, decision_reason=decision_reason, kept_commit=kept_commit,  # type: ignore[arg-type]
+            seed=data.get("seed"), sealed=bool(data.get("sealed", self.sealed) if sealed is None else sealed),  # type: ignore[arg-type]
         )
         self.ledger.append_experiment(exp)
         return exp

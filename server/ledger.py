@@ -58,6 +58,8 @@ class Experiment:
     decision: Decision | None
     decision_reason: str | None
     kept_commit: str | None  # the branch commit when kept
+    seed: int | None = None  # AUTORESEARCH_SEED the harness gave this run
+    sealed: bool = True  # ran in the sandbox (False: the run allowed unsealed experiments; train.py could forge)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, int) or isinstance(self.id, bool) or self.id < 1:
@@ -74,7 +76,8 @@ class Experiment:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Experiment:
         """Build from a ledger line or `to_json()` output; ValueError naming any missing field."""
-        names = [f.name for f in dataclasses.fields(cls)]
+        fields = dataclasses.fields(cls)
+        names = [f.name for f in fields if f.name in data or f.default is dataclasses.MISSING]
         missing = [n for n in names if n not in data]
         if missing:
             raise ValueError(f"experiment record lacks field(s) {', '.join(missing)}: {dict(data)!r:.200}")

@@ -80,6 +80,7 @@ class ProcessResult:
     log_bytes: int
     dropped_bytes: int
     tail: str
+    cpu_s: float | None = None
 
 
 # ---- /proc inspection ----
@@ -314,6 +315,64 @@ def _prctl() -> Callable[..., int] | None:
     return function
 
 
+def _combined_preexec(*fns: Callable[[], None] | None) -> Callable[[], None] | None:
+    present = [fn for fn in fns if fn is not None]
+    if not present:
+        return None
+
+    def run_all() -> None:
+        for fn in present:
+            fn()
+
+    return run_all
+
+
+_CPU_POLL_S = 0.25
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class _CpuMeter:
+    """CPU seconds used by a process and all its descendants, found by parent links in /proc.
+
+    Live descendants count their own user+system time plus that of children they reaped; a process that exited and
+    was reaped is already inside its parent's count. The highest total seen is kept, so a tree that shrinks (a
+    child reaped by nobody we still see) never lowers it.
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.total = 0.0
+
+    def sample(self) -> float:
+        if not _IS_LINUX:
+            return self.total
+        parents: dict[int, int] = {}
+        times: dict[int, float] = {}
+        for pid in _pids():
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as handle:
+                    data = handle.read()
+            except OSError:
+                continue
+            fields = data[data.rfind(b")") + 2:].split()
+            try:
+                parents[pid] = int(fields[1])
+                times[pid] = sum(int(x) for x in fields[11:15]) / _CLK_TCK  # utime stime cutime cstime
+            except (IndexError, ValueError):
+                continue
+        tree, frontier = {self.root}, [self.root]
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parents.items():
+            children.setdefault(ppid, []).append(pid)
+        while frontier:
+            for child in children.get(frontier.pop(), []):
+                if child not in tree:
+                    tree.add(child)
+                    frontier.append(child)
+        self.total = max(self.total, sum(times.get(pid, 0.0) for pid in tree))
+        return self.total
+
+
 def _death_signal_preexec() -> Callable[[], None] | None:
     """A preexec function that makes the kernel SIGKILL the child when the server dies, or None off Linux.
 
@@ -457,6 +516,9 @@ async def run_process(
     grace_s: float = 5.0,
     on_started: Callable[[int, str], None] | None = None,
     on_finished: Callable[[ProcessResult], None] | None = None,
+    marker: str | None = None,
+    preexec: Callable[[], None] | None = None,
+    cpu_limit_s: float | None = None,
 ) -> ProcessResult:
     """Run `argv` to completion or to `timeout_s`, whichever is first, and return what happened.
 
@@ -465,6 +527,11 @@ async def run_process(
     is called with the result on every path, and is the only way to get the result of a cancelled run: on
     cancellation (or any exception) every process is SIGKILLed and the log finished synchronously, `on_finished`
     receives an outcome "cancelled", and the exception is re-raised.
+
+    `marker` lets the caller choose the marker (a sandbox must be told it explicitly, since it clears the
+    environment). `preexec` runs in the child before exec (limits). With `cpu_limit_s` the CPU seconds of the whole
+    process tree are measured every few hundred milliseconds and the run is stopped as a timeout past the limit;
+    `cpu_s` in the result is that measurement (also without a limit, where /proc exists).
     """
     if not argv:
         raise ValueError("run_process got an empty command; pass at least the program to run")
@@ -473,7 +540,7 @@ async def run_process(
             f"run_process limits must be positive (timeout_s={timeout_s}, grace_s={grace_s}, "
             f"log_max_bytes={log_max_bytes}); fix the configuration"
         )
-    marker = uuid.uuid4().hex
+    marker = marker or uuid.uuid4().hex
     child_env = dict(os.environ if env is None else env)
     child_env[MARK_VAR] = marker
     log_file = Path(log_path)
@@ -497,7 +564,7 @@ async def run_process(
             cwd=cwd,
             env=child_env,
             start_new_session=True,
-            preexec_fn=_death_signal_preexec(),
+            preexec_fn=_combined_preexec(_death_signal_preexec(), preexec),
         )
     except BaseException:
         kill_marked(marker)  # asyncio kills a half-started leader; this catches anything it forked already
@@ -510,6 +577,8 @@ async def run_process(
     logger.info("started pgid %d (marker %s): %s", pgid, marker, " ".join(map(str, argv)))
     wait_task = asyncio.ensure_future(proc.wait())
 
+    cpu = _CpuMeter(pgid)
+
     def result(outcome: Outcome) -> ProcessResult:
         log_bytes, dropped = sink.finish()
         return ProcessResult(
@@ -520,13 +589,23 @@ async def run_process(
             log_bytes=log_bytes,
             dropped_bytes=dropped,
             tail=sink.tail(tail_lines),
+            cpu_s=cpu.total,
         )
 
     outcome: Outcome = "exited"
     try:
         if on_started is not None:
             on_started(pgid, marker)
-        done, _ = await asyncio.wait({wait_task}, timeout=timeout_s)
+        deadline = started + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            done, _ = await asyncio.wait({wait_task}, timeout=max(0.0, min(left, _CPU_POLL_S)))
+            if done or left <= 0:
+                break
+            cpu.sample()
+            if cpu_limit_s is not None and cpu.total > cpu_limit_s:
+                logger.warning("pgid %d used %.1f CPU seconds, past its limit of %.1f", pgid, cpu.total, cpu_limit_s)
+                break
         if not done:
             outcome = "timeout"
             logger.warning("pgid %d ran past %.1f s; sending SIGTERM, SIGKILL after %.1f s", pgid, timeout_s, grace_s)

@@ -5,16 +5,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
+import os
 import re
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from server.config import Config
+from server.config import Config, config_from_table, expand_env_refs
 from server.gitrepo import GitRepo
+from server.sandbox import probe as sandbox_probe
 from server.integrity import Pin, materialize_pins, pin_files
 from server.jsonl import atomic_write_text
 
@@ -37,9 +41,11 @@ class RunInfo:
     profile: str
     created_at: str
     run_dir: Path
+    frozen: dict[str, object] | None = None  # the configuration that governs this run (see frozen_config)
 
     def to_json(self) -> dict[str, object]:
         return {
+            "frozen": self.frozen,
             "tag": self.tag,
             "branch": self.branch,
             "base_commit": self.base_commit,
@@ -59,6 +65,7 @@ class RunInfo:
             profile=str(data.get("profile", "")),
             created_at=str(data["created_at"]),
             run_dir=run_dir,
+            frozen=data.get("frozen"),  # type: ignore[arg-type]
         )
 
 
@@ -101,8 +108,72 @@ def _ensure_runs_ignored(config: Config) -> None:
     log.info("added /%s/ to %s so run files are never committed", rel, exclude)
 
 
-def init_run(config: Config, tag: str) -> RunInfo:
-    """Create branch `<prefix><tag>` at HEAD, pin the locked files, create `runs/<tag>/`."""
+def freeze(config: Config, *, allow_unsealed: bool = False) -> dict[str, object]:
+    """What governs the run from now on, whatever later happens to pyproject.toml, autoresearch.toml or the
+    environment: the merged configuration table, the sandbox's resolved file lists and passed variables (with their
+    values now), and the hashes of every data file the sandboxes read (recomputed before each experiment)."""
+    sandbox = config.sandbox
+    missing = [p for p in (*sandbox.train_read, *sandbox.eval_read) if not Path(p).exists()]
+    if missing:
+        raise RunError(f"the sandbox is configured to read {', '.join(missing[:4])}, which do not exist; prepare the "
+                       "data first (for the default target: `python prepare.py`), then run init again")
+    hashes = {p: data_digest(Path(p)) for p in sorted(set(sandbox.train_read) | set(sandbox.eval_read))}
+    return {
+        "table": dict(config.table),
+        "profile": config.profile,
+        "source": str(config.source),
+        "train_read": list(sandbox.train_read),
+        "eval_read": list(sandbox.eval_read),
+        "env": {**{name: os.environ[name] for name in sandbox.pass_env if name in os.environ},
+                **{name: expand_env_refs(value) for name, value in config.env.items()}},
+        "data_sha256": hashes,
+        "allow_unsealed": bool(allow_unsealed or sandbox.allow_unsealed),
+    }
+
+
+def data_digest(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and bytes, in sorted order)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if f != path:
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def private_dir(run: RunInfo) -> Path:
+    """A folder outside the workspace for what only the person may read (holdout scores, raw evaluation logs).
+
+    `$AUTORESEARCH_PRIVATE_DIR`, else `$XDG_STATE_HOME/autoresearch` or `~/.local/state/autoresearch`, then one
+    subfolder per run (named by a hash of the run folder). Mode 0700; no sandbox binds it, and the agent's
+    permissions deny reading it.
+    """
+    base = os.environ.get("AUTORESEARCH_PRIVATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "autoresearch")
+    folder = Path(base) / hashlib.sha256(str(run.run_dir.resolve()).encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def frozen_config(config: Config, run: RunInfo) -> Config:
+    """The configuration frozen into the run at init (a run created before freezing existed keeps `config`)."""
+    frozen = run.frozen
+    if not frozen:
+        return config
+    rebuilt = config_from_table(config.workspace, frozen["table"], str(frozen.get("profile", "")),  # type: ignore
+                                run.run_dir / "run.json")
+    sandbox = dataclasses.replace(rebuilt.sandbox, train_read=tuple(frozen.get("train_read", ())),  # type: ignore
+                                  eval_read=tuple(frozen.get("eval_read", ())),  # type: ignore
+                                  allow_unsealed=bool(frozen.get("allow_unsealed")))
+    return dataclasses.replace(rebuilt, sandbox=sandbox)
+
+
+def init_run(config: Config, tag: str, *, allow_unsealed: bool = False) -> RunInfo:
+    """Create branch `<prefix><tag>` at HEAD, pin the locked files, create `runs/<tag>/`, freeze the configuration."""
     validate_tag(tag)
     repo = GitRepo(config.workspace)
     repo.ensure_identity()
@@ -123,6 +194,13 @@ def init_run(config: Config, tag: str) -> RunInfo:
             f"the working tree has uncommitted changes ({shown}): commit or stash them first, so the run starts "
             "from a commit that holds exactly what will be measured"
         )
+    frozen = freeze(config, allow_unsealed=allow_unsealed)
+    if config.sandbox.mode == "bwrap" and not frozen["allow_unsealed"]:
+        reason = sandbox_probe()
+        if reason is not None:
+            raise RunError(f"experiments cannot be sealed on this machine: {reason}. To run anyway, unsealed (a "
+                           "train.py could then forge its score; results are marked unsealed), pass "
+                           "--allow-unsealed to init")
     base = repo.head_commit()
     pins = pin_files(repo, config.locked, base)
     repo.create_branch(branch, base)
@@ -137,6 +215,7 @@ def init_run(config: Config, tag: str) -> RunInfo:
         profile=config.profile,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         run_dir=run_dir,
+        frozen=frozen,
     )
     atomic_write_text(run_dir / "run.json", json.dumps(info.to_json(), indent=2) + "\n")
     set_current(config, tag)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,10 @@ def _no_stray_agent_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("AUTORESEARCH_SESSION_ID", "AUTORESEARCH_TAG", "AUTORESEARCH_WORKSPACE", "AUTORESEARCH_PROFILE",
                 "AUTORESEARCH_CHECKPOINT", "AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_TOKEN"):
         monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _private_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Person-only files (holdout scores, raw evaluation logs) go to a temporary folder, never the user's."""
+    if "AUTORESEARCH_PRIVATE_DIR" not in os.environ:
+        monkeypatch.setenv("AUTORESEARCH_PRIVATE_DIR", str(tmp_path_factory.mktemp("private")))

@@ -96,15 +96,13 @@ def summary_of() -> object:
     return last_summary
 
 
-@pytest.fixture
-def random_checkpoint(tiny_cache: dict[str, str], workspace: Path, tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A checkpoint of train.py's model with random (non-zero) weights, saved through prepare.save_checkpoint."""
+def random_model(train_file: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    """train.py's model (from `train_file`) with random, non-zero weights."""
     import importlib.util
 
     import torch
 
-    spec = importlib.util.spec_from_file_location("train_for_checkpoint", workspace / "train.py")
+    spec = importlib.util.spec_from_file_location(f"train_for_checkpoint_{train_file.stem}", train_file)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -116,4 +114,16 @@ def random_checkpoint(tiny_cache: dict[str, str], workspace: Path, tmp_path: Pat
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2)
-    return prepare.save_checkpoint(model, tmp_path / "checkpoint.pt", config)
+    return model
+
+
+@pytest.fixture
+def model_of(tiny_cache: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> object:
+    return lambda train_file: random_model(train_file, monkeypatch)
+
+
+@pytest.fixture
+def random_checkpoint(tiny_cache: dict[str, str], workspace: Path, tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> Path:
+    """train.py's model with random (non-zero) weights, exported through prepare.save_checkpoint."""
+    return prepare.save_checkpoint(random_model(workspace / "train.py", monkeypatch), tmp_path / "model.pt2")

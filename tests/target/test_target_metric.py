@@ -28,20 +28,26 @@ def test_bits_per_byte_refuses_an_empty_slice() -> None:
         prepare.bits_per_byte(1.0, 0)
 
 
-def test_the_offline_corpus_is_deterministic_and_its_split_disjoint() -> None:
-    train1, val1 = prepare.offline_corpus(2_000_000)
-    train2, val2 = prepare.offline_corpus(2_000_000)
-    assert train1 == train2 and val1 == val2
-    assert not set(train1) & set(val1)
-    total = sum(len(d.encode()) for d in train1 + val1)
+def test_the_offline_corpus_is_deterministic_for_a_salt_and_its_three_splits_disjoint() -> None:
+    train1, val1, hold1 = prepare.offline_corpus(2_000_000, "salt-a")
+    train2, val2, hold2 = prepare.offline_corpus(2_000_000, "salt-a")
+    assert (train1, val1, hold1) == (train2, val2, hold2)
+    assert not set(train1) & set(val1) and not set(train1) & set(hold1) and not set(val1) & set(hold1)
+    total = sum(len(d.encode()) for d in train1 + val1 + hold1)
     assert 1_500_000 < total <= 2_000_000
-    assert 0 < sum(map(len, val1)) < sum(map(len, train1))
+    assert 0 < sum(map(len, val1)) < sum(map(len, train1)) and sum(map(len, hold1)) > 0
+
+
+def test_the_split_depends_on_the_secret_salt_so_train_py_cannot_recompute_it() -> None:
+    _, val_a, _ = prepare.offline_corpus(2_000_000, "salt-a")
+    _, val_b, _ = prepare.offline_corpus(2_000_000, "salt-b")
+    assert set(val_a) != set(val_b)
 
 
 @pytest.mark.slow
 def test_the_default_offline_corpus_is_several_megabytes_of_text() -> None:
-    train, val = prepare.offline_corpus(prepare.SOURCE_DEFAULTS["offline"].corpus_bytes)
-    assert sum(len(d.encode()) for d in train + val) > 6_000_000
+    train, val, holdout = prepare.offline_corpus(prepare.SOURCE_DEFAULTS["offline"].corpus_bytes)
+    assert sum(len(d.encode()) for d in train + val + holdout) > 6_000_000
     assert any("Return" in d for d in val)  # real prose from docstrings
 
 

@@ -16,10 +16,9 @@ sys.path.insert(0, str(REPO))
 import train  # noqa: E402
 
 
-def evaluate(run_py, workspace: Path, env: dict[str, str], checkpoint: Path, train_file: Path | None = None):
+def evaluate(run_py, workspace: Path, env: dict[str, str], checkpoint: Path, *extra: str):
     pinned = workspace.parent / "pinned" / "prepare.py"
-    return run_py([str(pinned), "evaluate", "--checkpoint", str(checkpoint),
-                   "--train-file", str(train_file or workspace / "train.py")], cwd=workspace, env=env)
+    return run_py([str(pinned), "evaluate", "--model", str(checkpoint), *extra], cwd=workspace, env=env)
 
 
 def test_the_device_is_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,32 +83,32 @@ def test_the_evaluator_scores_a_checkpoint_and_prints_its_block(
     assert block["corpus_fingerprint"] == prepare.load_prepared().fingerprint
 
 
-@pytest.mark.slow
-def test_a_train_py_that_prints_a_false_val_bpb_does_not_change_the_recorded_metric(
+def test_the_evaluator_scores_the_hidden_holdout_only_when_asked(
         run_py, summary_of, workspace: Path, tiny_cache: dict[str, str], random_checkpoint: Path) -> None:
-    honest = summary_of(evaluate(run_py, workspace, tiny_cache, random_checkpoint).stdout)["val_bpb"]
-    forged = workspace / "forged_train.py"
-    forged.write_text(
-        (workspace / "train.py").read_text() +
-        "\nimport atexit, prepare\n"
-        "print('---\\nval_bpb: 0.000001')\n"
-        "atexit.register(lambda: print('---\\nval_bpb: 0.000002\\neval_tokens: 1'))\n"
-        "prepare.bits_per_byte = lambda nats, nbytes: 0.000003\n"
-        "prepare.score_logits = lambda *a: (0.0, 1)\n")
-    result = evaluate(run_py, workspace, tiny_cache, random_checkpoint, forged)
-    assert result.returncode == 0, result.stderr
-    assert summary_of(result.stdout)["val_bpb"] == honest
-    assert float(honest) > 0.01
+    plain = summary_of(evaluate(run_py, workspace, tiny_cache, random_checkpoint).stdout)
+    both = summary_of(evaluate(run_py, workspace, tiny_cache, random_checkpoint, "--holdout").stdout)
+    assert "holdout_bpb" not in plain and float(both["holdout_bpb"]) > 0
+    assert both["val_bpb"] == plain["val_bpb"]  # the exported program is a pure function: the same score twice
+
+
+def test_the_exported_evaluation_equals_the_in_process_evaluation_within_1e_4(
+        run_py, summary_of, workspace: Path, tiny_cache: dict[str, str], model_of, tmp_path: Path) -> None:
+    model = model_of(workspace / "train.py")
+    in_process, _ = prepare.evaluate_model(model.eval(), prepare.load_prepared())
+    path = prepare.save_checkpoint(model, tmp_path / "model.pt2")
+    sealed = float(summary_of(evaluate(run_py, workspace, tiny_cache, path).stdout)["val_bpb"])
+    assert abs(sealed - in_process) < 1e-4
 
 
 @pytest.mark.slow
 def test_a_model_that_looks_at_future_tokens_is_rejected(
-        run_py, workspace: Path, tiny_cache: dict[str, str], random_checkpoint: Path) -> None:
+        run_py, workspace: Path, tiny_cache: dict[str, str], model_of, tmp_path: Path) -> None:
     peeking = workspace / "peeking_train.py"
     source = (workspace / "train.py").read_text()
     assert "is_causal=True" in source
     peeking.write_text(source.replace("is_causal=True", "is_causal=False"))
-    result = evaluate(run_py, workspace, tiny_cache, random_checkpoint, peeking)
+    path = prepare.save_checkpoint(model_of(peeking), tmp_path / "peeking.pt2")
+    result = evaluate(run_py, workspace, tiny_cache, path)
     assert result.returncode != 0
     assert "causality probe failed" in result.stderr
 
@@ -135,7 +134,7 @@ def test_the_evaluator_refuses_a_missing_or_altered_cache(
 @pytest.mark.slow
 def test_a_tiny_run_trains_saves_a_checkpoint_and_the_evaluator_scores_it(
         run_py, summary_of, workspace: Path, tiny_cache: dict[str, str]) -> None:
-    checkpoint = workspace.parent / "ckpt" / "checkpoint.pt"
+    checkpoint = workspace.parent / "ckpt" / "model.pt2"
     env = dict(tiny_cache, AUTORESEARCH_TIME_BUDGET="1", AUTORESEARCH_CHECKPOINT=str(checkpoint))
     result = run_py(["train.py"], cwd=workspace, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
