@@ -7,7 +7,8 @@ one), experiments, kept changes, and the experiments, time and cost it took to r
 by `mark` (relative: 0.01 is 1 % better than the baseline).
 
 Runs compare only when they measured the same thing: the same data (the evaluation's corpus fingerprint), the same
-training budget per experiment, the same device class, and the same starting code (the commit each run branched from). When any of them differs, `compare_runs` raises
+training budget per experiment (and clock), the same device class, and the same starting code (the commit each run
+branched from). The budget is read from the configuration frozen into each run at init. When any of them differs, `compare_runs` raises
 `NotComparable` naming the field and each run's value; `force=True` draws and prints anyway and returns the
 differences as warnings.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from server.config import Config, load_config
 from server.ledger import Experiment, Ledger
-from server.runstate import RunError, load_run
+from server.runstate import RunError, RunInfo, frozen_config, load_run
 
 OFFLINE_AGENTS = ("random", "tpe")
 
@@ -55,6 +56,7 @@ class RunFacts:
     device: str | None
     agent_cost_usd: float | None
     base_commit: str | None = None  # the code the run started from
+    clock: str | None = None  # what the budget counts: wall time, or CPU time
     mark: float | None = None
     mark_experiments: int | None = None  # experiments it took to reach the mark (None: not reached)
     mark_minutes: float | None = None
@@ -111,20 +113,18 @@ def _supervised(run_dir: Path) -> tuple[str | None, float | None]:
     return agent, (total if seen else None)
 
 
-def _budget(config: Config, run_dir: Path, profile: str) -> float | None:
-    """The training budget: run.json's `time_budget_s` when recorded, else the configuration of the run's profile."""
+def _budget(config: Config, run: RunInfo) -> tuple[float | None, str | None]:
+    """The training budget per experiment and the clock it is counted on, from the configuration frozen into the run
+    at init; a run older than that freezing is read with the configuration of its profile as it is now."""
+    frozen = frozen_config(config, run)
+    if frozen is not config:
+        return frozen.time_budget_s, frozen.sandbox.clock
     try:
-        recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("time_budget_s")
-    except (OSError, ValueError):
-        recorded = None
-    if isinstance(recorded, (int, float)):
-        return float(recorded)
-    if profile == config.profile:
-        return config.time_budget_s
-    try:
-        return load_config(config.workspace, config.source, profile or None).time_budget_s
+        current = config if run.profile == config.profile else load_config(config.workspace, config.source,
+                                                                          run.profile or None)
     except Exception:  # noqa: BLE001 - a profile no longer defined: the budget is unknown, and says so
-        return None
+        return None, None
+    return current.time_budget_s, current.sandbox.clock
 
 
 def read_run(config: Config, tag: str) -> RunFacts:
@@ -146,6 +146,7 @@ def read_run(config: Config, tag: str) -> RunFacts:
     fingerprints = [e.fingerprint for e in experiments if e.fingerprint]
     devices = [str(e.metrics["device"]) for e in experiments if e.status == "ok" and "device" in e.metrics]
     supervised_agent, cost = _supervised(run.run_dir)
+    budget_s, clock = _budget(config, run)
     agent = supervised_agent or _agent(experiments)
     if cost is None and agent in OFFLINE_AGENTS:
         cost = 0.0  # the offline agents call no paid API
@@ -155,7 +156,7 @@ def read_run(config: Config, tag: str) -> RunFacts:
         noise_floor=_noise_floor(run.run_dir), experiments=len(experiments),
         kept=sum(1 for e in experiments if e.decision == "keep" and not e.is_baseline), curve=tuple(curve),
         fingerprint=Counter(fingerprints).most_common(1)[0][0] if fingerprints else None,
-        budget_s=_budget(config, run.run_dir, run.profile),
+        budget_s=budget_s, clock=clock,
         device=Counter(devices).most_common(1)[0][0] if devices else (run.profile or None),
         agent_cost_usd=cost, base_commit=run.base_commit[:12])
 
@@ -183,7 +184,8 @@ def differences(runs: list[RunFacts]) -> list[str]:
     """One sentence per field on which the runs differ, naming each run's value."""
     found = []
     for name, label in (("fingerprint", "data fingerprint"), ("budget_s", "budget (s per experiment)"),
-                        ("device", "device class"), ("base_commit", "starting code (base commit)")):
+                        ("clock", "budget clock"), ("device", "device class"),
+                        ("base_commit", "starting code (base commit)")):
         values = {getattr(r, name) for r in runs}
         if len(values) > 1:
             shown = ", ".join(f"{r.tag}={getattr(r, name)}" for r in runs)
@@ -242,7 +244,8 @@ def table(comparison: Comparison, usd_per_hour: float | None) -> str:
     if comparison.warnings:
         lines.append("comparable: NO: " + "; ".join(comparison.warnings))
     else:
-        budget = "" if first.budget_s is None else f", budget {first.budget_s:g} s per experiment"
+        clock = f" ({first.clock} clock)" if first.clock else ""
+        budget = "" if first.budget_s is None else f", budget {first.budget_s:g} s per experiment{clock}"
         lines.append(f"comparable: yes: data fingerprint {str(first.fingerprint)[:16]}{budget}, "
                      f"device {first.device or 'unknown'}")
     return "\n".join(lines)
