@@ -132,7 +132,8 @@ def main() -> int:
                     n = min(args.chunk, args.experiments - done[tag])
                     if n <= 0:
                         continue
-                    sh(["git", "checkout", "-q", base], cwd=ws)
+                    # A new run branches from the base commit; a resumed one continues on its own branch.
+                    sh(["git", "checkout", "-q", f"autoresearch/{tag}" if done[tag] else base], cwd=ws)
                     resume = ["--resume"] if done[tag] else []
                     out = sh([*cli, "run", "--agent", tag.split("-")[0], "--workspace", str(ws), "--tag", tag,
                               "--seed", str(seed), "--max-experiments", str(n), *resume], cwd=ROOT, env=env)
