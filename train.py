@@ -44,25 +44,25 @@ def by_device(cuda: object, mps: object, cpu: object) -> object:
 # ---- Hyperparameters (edit these directly, no CLI flags) ----
 
 DEVICE = pick_device()
-SEED = 42                                        # seeds the weights and the data order (by hand; the harness sets one)
+SEED = 42                                        # seeds the weights and the data order (by hand; the harness sets one); fixed
 DEPTH = by_device(8, 6, 4)                       # transformer blocks
 MODEL_DIM = by_device(512, 384, 128)             # residual stream width
 HEAD_DIM = by_device(128, 64, 32)                # width of one attention head
-MLP_RATIO = 4                                    # MLP hidden width / MODEL_DIM
+MLP_RATIO = 4                                    # MLP hidden width / MODEL_DIM; range: 2..6
 TOTAL_BATCH_TOKENS = by_device(2**19, 2**16, 2**12)  # tokens per optimizer step
 DEVICE_BATCH_SIZE = by_device(128, 32, 16)       # sequences per forward pass (gradient accumulation fills the rest)
-MATRIX_LR = 0.04                                 # Muon learning rate for the blocks' weight matrices
-EMBED_LR = 0.3                                   # AdamW learning rate for the token embedding
-HEAD_LR = 0.008                                  # AdamW learning rate for the output head
+MATRIX_LR = 0.04                                 # Muon learning rate for the blocks' weight matrices; range: 0.005..0.2 log
+EMBED_LR = 0.3                                   # AdamW learning rate for the token embedding; range: 0.03..1.5 log
+HEAD_LR = 0.008                                  # AdamW learning rate for the output head; range: 0.001..0.05 log
 ADAM_BETAS = (0.8, 0.95)                         # AdamW betas
-MUON_MOMENTUM = 0.95                             # Muon (Nesterov) momentum
-WEIGHT_DECAY = 0.0                               # decoupled weight decay on the matrices
-WARMDOWN_RATIO = 0.5                             # last share of the budget with the learning rate decaying to 0
-FINAL_LR_FRAC = 0.05                             # learning rate at the end, as a share of the peak
-LOGIT_SOFTCAP = 15.0                             # tanh cap on the logits
+MUON_MOMENTUM = 0.95                             # Muon (Nesterov) momentum; range: 0.8..0.99
+WEIGHT_DECAY = 0.0                               # decoupled weight decay on the matrices; range: 0..0.2
+WARMDOWN_RATIO = 0.5                             # last share of the budget with the learning rate decaying to 0; range: 0.1..0.9
+FINAL_LR_FRAC = 0.05                             # learning rate at the end, as a share of the peak; range: 0..0.3
+LOGIT_SOFTCAP = 15.0                             # tanh cap on the logits; range: 5..50 log
 UNTIMED_STEPS = by_device(10, 2, 1)              # first steps (compile, warm-up) not counted in the budget
 COMPILE = DEVICE == "cuda"                       # torch.compile: worth it on CUDA, costly on two CPU cores
-MAX_LOSS = 100.0                                 # a training loss above this (or NaN) fails the run
+MAX_LOSS = 100.0                                 # a training loss above this (or NaN) fails the run; fixed
 
 
 # ---- Model ----

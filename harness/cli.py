@@ -251,7 +251,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run an agent on the loop: random (offline), claude (Claude Code, headless) or api (built-in)."""
+    """Run an agent on the loop: random or tpe (offline), claude (Claude Code, headless) or api (built-in)."""
     config = _load(args)
     if args.agent == "claude" and args.allow_bash:
         from harness.run_agent import require_shell_sandbox
@@ -260,6 +260,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = _init_or_resume(config, args)
     if args.agent == "random":
         return _run_random(config, run, args)
+    if args.agent == "tpe":
+        return _run_tpe(config, run, args)
     from harness.run_agent import run_supervised
 
     return run_supervised(config, run, args)
@@ -280,7 +282,7 @@ def _init_or_resume(config: Config, args: argparse.Namespace) -> RunInfo:
 
 
 def _run_random(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
-    from harness.agents.random_agent import RandomAgentOptions, Step, run_random_agent_sync
+    from harness.agents.random_agent import AgentError, RandomAgentOptions, Step, run_random_agent_sync
 
     if args.max_experiments is None:
         raise CliError("--agent random needs --max-experiments N (it runs exactly N experiments)")
@@ -293,7 +295,32 @@ def _run_random(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
     options = RandomAgentOptions(workspace=config.workspace, tag=run.tag, max_experiments=args.max_experiments,
                                  seed=args.seed, mutable_file=config.mutable[0],
                                  extra_server_args=tuple(_server_flags(args)), log_dir=run.run_dir / "agent")
-    run_random_agent_sync(options, show)
+    try:
+        run_random_agent_sync(options, show)
+    except AgentError as exc:
+        raise CliError(str(exc))
+    return 0
+
+
+def _run_tpe(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
+    from harness.agents.random_agent import AgentError, AgentOptions, Step
+    from harness.agents.tpe_agent import TpeProposer, run_tpe_agent_sync
+
+    if args.max_experiments is None:
+        raise CliError("--agent tpe needs --max-experiments N (it runs exactly N experiments)")
+    started = time.monotonic()
+
+    def show(step: Step) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] experiment {step.experiment_id}: {step.status:7} "
+              f"{_fmt(step.metric)}  {step.decision:8}  {step.description}", flush=True)
+
+    options = AgentOptions(workspace=config.workspace, tag=run.tag, max_experiments=args.max_experiments,
+                           seed=args.seed, mutable_file=config.mutable[0],
+                           extra_server_args=tuple(_server_flags(args)), log_dir=run.run_dir / "agent")
+    try:
+        run_tpe_agent_sync(options, show, TpeProposer(args.seed, on_note=lambda note: print(note, flush=True)))
+    except AgentError as exc:
+        raise CliError(str(exc))
     return 0
 
 
@@ -396,6 +423,28 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Runs side by side: best-so-far curves (one PNG) and a table; refuses runs that measured different things."""
+    from harness.compare import NotComparable, compare_runs, plot, table
+
+    if args.usd_per_hour is not None and args.usd_per_hour < 0:
+        raise CliError(f"--usd-per-hour must be zero or more, got {args.usd_per_hour}")
+    config = _load(args)
+    try:
+        comparison = compare_runs(config, args.tags, mark=args.mark, force=args.force)
+    except NotComparable as exc:
+        raise CliError(str(exc))
+    except ValueError as exc:
+        raise CliError(str(exc))
+    for warning in comparison.warnings:
+        print(f"autoresearch: WARNING: NOT COMPARABLE (--force): {warning}", file=sys.stderr)
+    out = args.out or config.runs_dir / f"compare-{'-'.join(args.tags)[:80]}.png"
+    plot(comparison, out)
+    print(table(comparison, args.usd_per_hour))
+    print(f"chart: {out}")
+    return 0
+
+
 # ---- parser ----
 
 def build_parser() -> argparse.ArgumentParser:
@@ -452,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler in (("run", cmd_run), ("demo", cmd_demo)):
         p = add(name, handler)
         if name == "run":
-            p.add_argument("--agent", choices=("random", "claude", "api"), required=True)
+            p.add_argument("--agent", choices=("random", "tpe", "claude", "api"), required=True)
             p.add_argument("--resume", action="store_true", help="continue an existing tag")
             p.add_argument("--hours", type=float, default=None, help="stop after this many hours")
             p.add_argument("--max-cost-usd", type=float, default=None, help="stop when the agent has cost this much")
@@ -469,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(not recommended)")
         p.add_argument("--max-experiments", type=int, default=6 if name == "demo" else None,
                        help="stop after this many experiments" + (" (default 6)" if name == "demo" else ""))
-        p.add_argument("--seed", type=int, default=0, help="random agent seed (default 0)")
+        p.add_argument("--seed", type=int, default=0, help="random or tpe agent seed (default 0)")
         p.add_argument("--allow-unsealed", action="store_true", help=UNSEALED_HELP)
     p = add("review", cmd_review)
     p.add_argument("--step", action="store_true", help="walk through the kept changes one by one, each with its diff")
@@ -484,6 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", type=Path, help="a new or empty directory")
     p.add_argument("--no-git", action="store_true", help="do not make it a git repository with a first commit")
     p.set_defaults(handler=cmd_new)
+    p = add("compare", cmd_compare, tag=False)
+    p.add_argument("tags", nargs="+", metavar="TAG", help="the runs to compare (at least two)")
+    p.add_argument("--mark", type=float, default=0.01,
+                   help="relative improvement over the baseline that counts as reached (default 0.01 = 1 %%)")
+    p.add_argument("--out", type=Path, default=None, help="the chart (default: runs/compare-<tags>.png)")
+    p.add_argument("--force", action="store_true",
+                   help="compare runs that differ in data, budget, device or starting code anyway")
+    p.add_argument("--usd-per-hour", type=float, default=None, help="price of the machine, for the cost to the mark")
     p = add("stop", cmd_stop)
     p.add_argument("--cancel", action="store_true", help="withdraw a stop request that has not been acted on yet")
     from harness.guard import add_guard_parser
