@@ -223,7 +223,7 @@ def test_a_run_configured_for_the_agent_runs_an_experiment_through_the_written_c
     tsv = (run_dir / "results.tsv").read_text().splitlines()
     assert len(tsv) == 3 and "keep" in tsv[2] and "LR 0.3" in tsv[2]
     assert "LR 0.3" in git(workspace, "log", "-1", "--format=%s", "autoresearch/t1")
-    tools = [r.tool for r in AuditLog(run_dir / "audit.jsonl").records()]
+    tools = [r.tool for r in AuditLog(run_dir / "audit.jsonl").records() if r.event == "tool_call"]
     assert tools == ["run_experiment", "run_experiment", "commit_or_revert"]
 
 
