@@ -266,6 +266,7 @@ class HarnessProcess:
                  *, log_dir: Path) -> None:
         self.workspace = workspace
         self.tag = tag
+        self.env = dict(env)
         self.run_dir = workspace / "runs" / tag
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"harness-{tag}-{time.monotonic_ns()}.log"
@@ -313,9 +314,10 @@ class HarnessProcess:
         return (self.run_dir / "inflight.json").exists()
 
     def cli(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """Another `autoresearch` command on this run (audit, status, ...), run to completion."""
+        """Another `autoresearch` command on this run (audit, status, ...), run to completion, with the harness's
+        environment (the same audit key folder) unless another is given."""
         return subprocess.run([sys.executable, "-m", "harness.cli", *args, "--workspace", str(self.workspace),
-                               "--tag", self.tag], cwd=self.workspace, env=dict(env) if env else None,
+                               "--tag", self.tag], cwd=self.workspace, env=dict(env) if env else self.env,
                               capture_output=True, text=True, timeout=60)
 
     def describe(self) -> str:
