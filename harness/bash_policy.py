@@ -31,6 +31,7 @@ _WRAPPERS = {"env", "nice", "nohup", "time", "command", "builtin", "exec", "xarg
              "setsid", "chronic", "timeout", "unbuffer", "caffeinate", "taskset", "chrt", "flock", "watch", "then",
              "do", "else", "if", "while", "until", "!"}
 _SHELLS = {"bash", "sh", "zsh", "dash", "ksh", "fish", "csh", "tcsh", "busybox"}
+_STDIN_NAMES = {"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"}
 _INTERPRETER = re.compile(r"^(python[\d.]*|pypy[\d.]*|node|nodejs|deno|bun|perl|ruby|php|lua[\d.]*|Rscript|"
                           r"osascript|awk|gawk|mawk|nawk|jq|sed|gsed)$")
 _READ_ONLY = {
@@ -141,8 +142,10 @@ def _check_simple(words: list[str], whole: str, locked: list[str], ws: Path, dep
         return _inline(program, " ".join(args), whole, locked, ws, depth, shell=True)
     if program in _SHELLS:
         code = _flag_value(args, ("-c",))
-        if code is None and args and not args[0].startswith("-"):
+        if code is None and args and not args[0].startswith("-") and args[0] not in _STDIN_NAMES:
             return _mentions_reason(program, args, locked, ws)
+        if code is None and "<<" not in whole:
+            return _from_stdin(program)
         return _inline(program, code if code is not None else whole, whole, locked, ws, depth, shell=code is not None)
     if program == "find" and any(a in ("-delete", "-exec", "-execdir", "-ok", "-okdir", "-fprint", "-fprintf", "-fls")
                                  for a in args):
@@ -227,14 +230,18 @@ def _check_interpreter(program: str, args: list[str], whole: str, locked: list[s
         return f"blocked `perl -i`: in-place edits from the shell are not allowed. {INSTEAD}"
     inline = _flag_value(args, ("-c", "-e", "-E", "--eval", "-p", "--print", "-r", "-x"))
     heredoc = "<<" in whole
-    if inline is None and not heredoc and (not args or "-" in args) and program not in ("awk", "gawk", "mawk", "nawk",
-                                                                                         "jq"):
-        return (f"blocked `{program}` reading its program from a pipe or stdin, which cannot be checked: run a "
-                f"script file or an inline `-c` one-liner that only reads. {INSTEAD}")
+    if inline is None and not heredoc and (not args or any(a in _STDIN_NAMES for a in args)) and \
+            program not in ("awk", "gawk", "mawk", "nawk", "jq"):
+        return _from_stdin(program)
     if inline is not None or heredoc or program in ("awk", "gawk", "mawk", "nawk", "jq"):
         code = inline if inline is not None and "<<" not in whole else whole
         return _inline(program, code, whole, locked, ws, depth, shell=False)
     return _mentions_reason(program, args, locked, ws)
+
+
+def _from_stdin(program: str) -> str:
+    return (f"blocked `{program}` reading its program from a pipe or stdin, which cannot be checked: run a "
+            f"script file or an inline `-c` one-liner that only reads. {INSTEAD}")
 
 
 def _inline(program: str, code: str, whole: str, locked: list[str], ws: Path, depth: int, *,

@@ -10,17 +10,23 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from server import history
 from server.audit import AuditError, AuditLog, filter_records, format_record
 from server.config import Config, ConfigError, load_config
 from server.engine import Engine
 from server.gitrepo import GitError
 from server.integrity import IntegrityError
 from server.jsonl import CorruptFileError
+from server.models import ExperimentRow
 from server.runstate import RunError, RunInfo, default_tag, init_run, load_run, set_current
+from server.text import for_terminal
 
 from harness.run_agent import HarnessError
+
+if TYPE_CHECKING:
+    from harness.dashboard.data import RunData
 
 log = logging.getLogger("autoresearch")
 
@@ -82,8 +88,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the locked tools over stdio (default) or streamable HTTP."""
     from server.serve import main_serve
 
+    mount = None
+    if args.dashboard:
+        if not args.http:
+            raise CliError("--dashboard needs --http: the page is served beside /mcp on the same port")
+        from harness.dashboard.app import build_dashboard_app, page_url
+
+        data = _dashboard_data(args)
+        mount = lambda policy: build_dashboard_app(data, policy)  # noqa: E731
+        print(f"autoresearch dashboard at {page_url(args.host, args.port, None)} (read-only; beyond loopback add "
+              "#token=<the bearer token> to the address)", file=sys.stderr, flush=True)
     return main_serve(args.workspace.resolve(), args.tag, args.config, args.profile, http=args.http, host=args.host,
-                      port=args.port, token=args.token, verbose=args.verbose)
+                      port=args.port, token=args.token, verbose=args.verbose, mount=mount)
+
+
+def _dashboard_data(args: argparse.Namespace) -> "RunData":
+    from harness.dashboard.data import RunData, RunMeta
+
+    config = _load(args)
+    run = load_run(config, args.tag)
+    return RunData(RunMeta(run.tag, config.metric, config.direction, run.run_dir))
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve a live, read-only page of a run: progress, experiments, the supervisor's night, the audit verdict."""
+    from harness.dashboard.app import serve_dashboard
+
+    return serve_dashboard(_dashboard_data(args), host=args.host, port=args.port, token=args.token)
 
 
 def status_lines(config: Config, run: RunInfo, engine: Engine) -> list[str]:
@@ -134,27 +165,37 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     """The experiments of a run, one line each (the ledger, not the agent's view)."""
     config, run, engine = _open(args)
-    view = engine.read_results(last_n=args.last)
+    rows = [ExperimentRow(id=a.experiment.id, status=a.experiment.status, metric=a.experiment.metric, delta=a.delta,
+                          decision=a.decision, description=a.experiment.description,  # type: ignore[arg-type]
+                          verified=a.experiment.verified) for a in history.annotate(engine.ledger.experiments())]
+    total = len(rows)
+    if not args.all:
+        rows = rows[-args.last:]
     if args.json:
+        view = engine.read_results(last_n=1).model_copy(update={"experiments": rows})
         print(view.model_dump_json(indent=2))
         return 0
-    print(f"{'id':>4}  {'status':8} {config.metric:>10} {'delta':>10}  {'decision':8}  description")
-    for row in view.experiments:
+    print(f"{'id':>4}  {'status':8} {for_terminal(config.metric):>10} {'delta':>10}  {'decision':8}  description")
+    for row in rows:
         delta = "-" if row.delta is None else f"{row.delta:+.6f}"
-        mark = "" if row.verified else " [unverified]"
+        # compatibility mode: the script printed its own metric; a failed run has no metric to doubt
+        mark = " [unverified]" if row.status == "ok" and not row.verified else ""
         print(f"{row.id:>4}  {row.status:8} {_fmt(row.metric):>10} {delta:>10}  {row.decision:8}  "
-              f"{row.description}{mark}")
+              f"{for_terminal(row.description)}{mark}")
+    if len(rows) < total:
+        print(f"(the last {len(rows)} of {total} experiments; --all lists every one)", file=sys.stderr)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write progress.png and report.md for a run."""
+    """Write progress.png, report.md and a self-contained report.html for a run."""
     from harness.report import write_report
 
     config, run, engine = _open(args)
     files = write_report(run.run_dir, run.tag, config.metric, config.direction, engine.ledger.experiments(),
                          args.out)
-    print(f"wrote {files.markdown}" + (f" and {files.plot}" if files.plot else ""))
+    written = [files.markdown, files.html] + ([files.plot] if files.plot else [])
+    print("wrote " + ", ".join(str(p) for p in written if p is not None))
     return 0
 
 
@@ -172,7 +213,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     run = load_run(config, args.tag)
     audit = AuditLog(run.run_dir / "audit.jsonl")
     if args.audit_command == "verify":
-        verdict = audit.verify()
+        from server.gitrepo import GitRepo
+        from server.runcheck import verify_run
+
+        verdict = verify_run(run, GitRepo(config.workspace), audit)
         print(verdict.message)
         return 0 if verdict.ok else 1
     records = filter_records(audit.records(), tool=args.tool, status=args.status, actor=args.actor, event=args.event,
@@ -180,8 +224,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
                              until=_parse_time(args.until) if args.until else None)
     if args.last:
         records = records[-args.last:]
-    for record in records:
-        print(json.dumps(record.to_json(), ensure_ascii=False) if args.json else format_record(record))
+    try:
+        for record in records:
+            print(json.dumps(record.to_json(), ensure_ascii=False) if args.json else format_record(record))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `audit show --json | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        os.close(devnull)
     return 0
 
 
@@ -203,6 +253,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run an agent on the loop: random or tpe (offline), claude (Claude Code, headless) or api (built-in)."""
     config = _load(args)
+    if args.agent == "claude" and args.allow_bash:
+        from harness.run_agent import require_shell_sandbox
+
+        require_shell_sandbox(args)
     run = _init_or_resume(config, args)
     if args.agent == "random":
         return _run_random(config, run, args)
@@ -298,6 +352,77 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_report(args)
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    """What a person approves: diff base..best, each kept change with its gain, holdout, audit, violations, cost."""
+    from harness.review import build_review, render_review, render_step
+
+    config = _load(args)
+    run = load_run(config, args.tag)
+    review = build_review(config, run)
+    if not args.step:
+        print(render_review(review))
+        return 0 if review.verdict.ok else 1
+    total = len(review.changes)
+    for change in review.changes:
+        print(f"---- change {change.number} of {total} ----")
+        print(render_step(change, config.metric, review.promoted))
+        if change.number < total and sys.stdin.isatty():
+            try:
+                answer = input("[enter] next change, q to stop: ")
+            except EOFError:
+                break
+            if answer.strip().lower() == "q":
+                break
+    return 0 if review.verdict.ok else 1
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Land the run's kept changes (or --only N,M) on the branch the run started from, one commit each, audited."""
+    from harness.review import promote_run
+    from server.promotion import PromotionError
+
+    config = _load(args)
+    run = load_run(config, args.tag)
+    try:
+        result = promote_run(config, run, only=args.only, onto=args.onto)
+    except PromotionError as exc:
+        raise CliError(f"promote refused: {exc}") from None
+    for exp_id, commit in result.commits:
+        print(f"experiment {exp_id} -> {commit[:12]} on {result.branch}")
+    if result.skipped:
+        print(f"already promoted earlier: {', '.join(map(str, result.skipped))}")
+    print(f"{result.branch}: {result.old_tip[:12]} -> {result.new_tip[:12]}; recorded in the audit chain")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    """Turn a run's result down with a reason; recorded in the audit chain and read by the next session's handoff."""
+    from harness.review import reject_run
+    from server.promotion import PromotionError
+
+    config = _load(args)
+    run = load_run(config, args.tag)
+    try:
+        record = reject_run(run, args.reason, args.only)
+    except PromotionError as exc:
+        raise CliError(str(exc)) from None
+    print(f"run {run.tag}: rejected by {record['user']} ({record['changes']}): {record['reason']}")
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """Create a working target from a template (speed, prompt, ml) in a new git repository."""
+    from harness.templates import TemplateError, scaffold
+
+    try:
+        created = scaffold(args.template, args.directory, git_init=not args.no_git)
+    except TemplateError as exc:
+        raise CliError(str(exc)) from None
+    print(f"created the {args.template} target in {created.directory}: {', '.join(created.files)}")
+    print(f"next: cd {created.directory} && autoresearch init --tag first; program.md holds the agent's instructions")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Runs side by side: best-so-far curves (one PNG) and a table; refuses runs that measured different things."""
     from harness.compare import NotComparable, compare_runs, plot, table
@@ -341,13 +466,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
     p.add_argument("--token", default=os.environ.get("AUTORESEARCH_TOKEN"), help="bearer token for HTTP")
+    p.add_argument("--dashboard", action="store_true", help="with --http: also serve the run's dashboard at /")
+    p = add("dashboard", cmd_dashboard)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
+    p.add_argument("--port", type=int, default=8780, help="port (default 8780)")
+    p.add_argument("--token", default=os.environ.get("AUTORESEARCH_TOKEN"),
+                   help="bearer token (default: none on loopback, generated and printed otherwise)")
     p = add("status", cmd_status)
     p.add_argument("--json", action="store_true")
     p = add("results", cmd_results)
-    p.add_argument("--last", type=int, default=200, help="how many experiments (default 200)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--last", type=int, default=200, help="the last N experiments (default 200)")
+    shown.add_argument("--all", action="store_true", help="every experiment of the run")
     p.add_argument("--json", action="store_true")
     p = add("report", cmd_report)
-    p.add_argument("--out", type=Path, default=None, help="folder for report.md and progress.png (default: the run)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for report.md, report.html and progress.png (default: the run)")
     p = add("audit", cmd_audit)  # the flags work before or after verify/show
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="verify|show")
     verify = audit_sub.add_parser("verify", help="check the hash chain; names the first altered, removed or reordered "
@@ -377,11 +511,28 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-turns", type=int, default=None, help="turns per agent session before it is resumed")
             p.add_argument("--no-guard", action="store_true", help="do not run the file guard (not recommended)")
             p.add_argument("--allow-bash", action="store_true",
-                           help="let the agent use shell commands (writes to locked files are still blocked)")
+                           help="let the agent use shell commands, run in Claude Code's sandbox (bubblewrap and "
+                                "socat): only the mutable files are writable, no network")
+            p.add_argument("--allow-unsandboxed-bash", action="store_true",
+                           help="with --allow-bash, run shell commands even where the sandbox cannot start "
+                                "(not recommended)")
         p.add_argument("--max-experiments", type=int, default=6 if name == "demo" else None,
                        help="stop after this many experiments" + (" (default 6)" if name == "demo" else ""))
         p.add_argument("--seed", type=int, default=0, help="random or tpe agent seed (default 0)")
         p.add_argument("--allow-unsealed", action="store_true", help=UNSEALED_HELP)
+    p = add("review", cmd_review)
+    p.add_argument("--step", action="store_true", help="walk through the kept changes one by one, each with its diff")
+    p = add("promote", cmd_promote)
+    p.add_argument("--only", default=None, help="change numbers from `review`, e.g. 1,3 (default: all kept changes)")
+    p.add_argument("--onto", default=None, help="branch to promote onto (default: the branch the run started from)")
+    p = add("reject", cmd_reject)
+    p.add_argument("--reason", required=True, help="why the result is turned down (the next session reads it)")
+    p.add_argument("--only", default=None, help="the change numbers rejected (default: the whole result)")
+    p = sub.add_parser("new", help=cmd_new.__doc__, description=cmd_new.__doc__)
+    p.add_argument("template", choices=("speed", "prompt", "ml"), help="which target to create")
+    p.add_argument("directory", type=Path, help="a new or empty directory")
+    p.add_argument("--no-git", action="store_true", help="do not make it a git repository with a first commit")
+    p.set_defaults(handler=cmd_new)
     p = add("compare", cmd_compare, tag=False)
     p.add_argument("tags", nargs="+", metavar="TAG", help="the runs to compare (at least two)")
     p.add_argument("--mark", type=float, default=0.01,

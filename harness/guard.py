@@ -6,6 +6,19 @@ any event touching one, compares it with its pin and restores the pinned bytes a
 or from git when that copy is damaged). Each restore is a violation: a line in violations.jsonl (which voids the
 experiment in flight) and an audit record. A periodic full check catches whatever the event stream missed. The guard
 never loops on its own restores: a restored file matches its pin, so the events the restore causes find nothing.
+
+Besides the bytes, the guard keeps what else decides whether a locked file still works and is still seen:
+
+- its permission bits (an agent's `chmod 000 prepare.py` is put back to the mode the file had when the guard started,
+  or git's mode when that was already broken);
+- git's index flags: a tracked file marked `--skip-worktree` or `--assume-unchanged` is hidden from every `git status`,
+  so the flags are cleared on every periodic check;
+- the repository state the server expects (run branch checked out, at the commit the ledger says, no other file
+  changed or added): a moved branch, a detached HEAD, stray commits, a changed tracked file or a new file are repaired
+  between experiments through `server.repair` (new files are moved to `runs/<tag>/quarantine/`), instead of leaving
+  every later experiment refused until a person acts.
+
+Each repair is a violation like a restored file.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ from server.audit import AuditLog
 from server.config import Config
 from server.integrity import Pin, PinMismatch, check_pins, restore_pin, sha256_bytes
 from server.jsonl import append_record
+from server.repair import clear_index_flags, index_flag_paths, repair_repository, repair_stray_paths
 from server.runstate import RunInfo
 
 log = logging.getLogger(__name__)
@@ -92,6 +106,7 @@ class FileGuard:
         self._observer: Any = None
         self._ticker: threading.Thread | None = None
         self._repo: Any = None
+        self._modes: dict[str, int] = {}
 
     # ---- lifecycle ----
 
@@ -100,6 +115,8 @@ class FileGuard:
             raise RuntimeError("the file guard is already running; call stop() before starting it again")
         self._stop.clear()
         self.check_all("guard start")
+        self._modes = {pin.path: self._start_mode(pin) for pin in self.run.pins}
+        self.check_repository("guard start")
         self._observer = Observer()
         self._watch_dirs()
         self._observer.start()
@@ -161,6 +178,10 @@ class FileGuard:
                 self._watch_dirs()
             except Exception:  # the safety net must outlive any single failure
                 log.exception("periodic integrity check failed; trying again in %.1f s", self.interval_s)
+            try:
+                self.check_repository("periodic check")
+            except Exception:
+                log.exception("periodic repository check failed; trying again in %.1f s", self.interval_s)
 
     # ---- checking ----
 
@@ -194,23 +215,84 @@ class FileGuard:
         with self._lock:
             mismatch = _inspect(self.config.workspace, pin)
             if mismatch is None:
-                return None
+                return self._check_mode(pin, trigger)
             # The violation is on disk before the file is restored: the engine, which reads violations.jsonl once a
             # run ends, can never find the file already restored but the violation not yet written.
-            record = self._record(pin, mismatch, trigger)
+            record = self._record(pin.path, f"{mismatch.describe()}; restoring it", trigger)
             restored, note = self._restore(pin)
-            record = self._finish(pin, record, restored, note)
+            record = self._finish(pin.path, record, restored, note)
+        self._notify(record)
+        return record
+
+    def _notify(self, record: Violation) -> None:
         if self.on_violation is not None:
             try:
                 self.on_violation(record)
             except Exception:
-                log.exception("on_violation callback failed for %s", pin.path)
+                log.exception("on_violation callback failed for %s", record.get("path"))
+
+    # ---- permission bits ----
+
+    def _start_mode(self, pin: Pin) -> int:
+        """The mode to keep: the file's own when the guard starts, git's when that one hides the file from its owner."""
+        current = _permissions(self.config.workspace / pin.path)
+        return current if current is not None and current & 0o400 else self._mode(pin)
+
+    def _check_mode(self, pin: Pin, trigger: str) -> Violation | None:
+        """Called with ``_lock`` held, after the content matched its pin."""
+        expected = self._modes.get(pin.path)
+        target = self.config.workspace / pin.path
+        actual = _permissions(target)
+        if expected is None or actual is None or actual == expected:
+            return None
+        record = self._record(pin.path, f"{pin.path} had its mode changed from {expected:04o} to {actual:04o}; "
+                                         "restoring it", trigger)
+        try:
+            os.chmod(target, expected, follow_symlinks=False)
+            restored, note = True, f"restored mode {expected:04o}"
+        except OSError as exc:
+            restored, note = False, (f"could not restore mode {expected:04o} ({exc}); "
+                                     f"run `chmod {expected:o} {pin.path}`")
+        record = self._finish(pin.path, record, restored, note)
+        self._notify(record)
         return record
+
+    # ---- git's index and the run branch ----
+
+    def check_repository(self, trigger: str) -> list[Violation]:
+        """Clear index flags that hide tracked files, and put the run branch back where the server left it."""
+        found: list[Violation] = []
+        workspace = self.config.workspace
+        with self._lock:
+            flagged = index_flag_paths(workspace)
+            if flagged:
+                shown = ", ".join(flagged[:8]) + (" ..." if len(flagged) > 8 else "")
+                record = self._record(flagged[0], f"git was told to ignore changes to {shown} (update-index "
+                                                   "--skip-worktree or --assume-unchanged); restoring it",
+                                      trigger)
+                try:
+                    clear_index_flags(workspace, flagged)
+                    restored, note = True, "cleared the flags"
+                except Exception as exc:
+                    restored, note = False, (f"could not clear the flags ({exc}); run `git update-index "
+                                             f"--no-skip-worktree --no-assume-unchanged -- {shown}`")
+                found.append(self._finish(flagged[0], record, restored, note))
+            repair = repair_repository(self.config, self.run)
+            if repair is not None:
+                record = self._record(".git", f"{repair.describe()}; repository repaired", trigger)
+                found.append(self._finish(".git", record, True, "repository repaired"))
+            stray = repair_stray_paths(self.config, self.run)
+            if stray is not None:
+                record = self._record(".", f"{stray.describe()}; working tree repaired", trigger)
+                found.append(self._finish(".", record, True, "working tree repaired"))
+        for record in found:
+            self._notify(record)
+        return found
 
     def _restore(self, pin: Pin) -> tuple[bool, str]:
         try:
             source, origin = self._pinned_bytes(pin)
-            restore_pin(self.config.workspace, pin, source, mode=self._mode(pin))
+            restore_pin(self.config.workspace, pin, source, mode=self._modes.get(pin.path) or self._mode(pin))
             return True, f"restored it from {origin}"
         except Exception as exc:
             log.error("could not restore %s: %s", pin.path, exc)
@@ -241,18 +323,19 @@ class FileGuard:
             self._repo = GitRepo(self.config.workspace)
         return self._repo
 
-    def _record(self, pin: Pin, mismatch: PinMismatch, trigger: str) -> Violation:
+    def _record(self, path: str, detail: str, trigger: str) -> Violation:
+        """Write the violation (``detail`` ends with what is being done, e.g. "restoring it") before acting on it."""
         experiment_id = _in_flight_id(self.run.run_dir / "inflight.json")
         record: Violation = {
-            "time": _iso_now(), "source": "guard", "path": pin.path,
+            "time": _iso_now(), "source": "guard", "path": path,
             "when": f"during experiment {experiment_id}" if experiment_id is not None else "between experiments",
             "experiment_id": experiment_id,
-            "detail": f"{mismatch.describe()}; restoring it (file guard, on a {trigger})", "restored": True,
+            "detail": f"{detail} (file guard, on a {trigger})", "restored": True,
         }
         append_record(self.run.run_dir / "violations.jsonl", record)
         return record
 
-    def _finish(self, pin: Pin, record: Violation, restored: bool, note: str) -> Violation:
+    def _finish(self, path: str, record: Violation, restored: bool, note: str) -> Violation:
         """Audit the outcome; a failed restore gets a second violation record saying so."""
         record = {**record, "detail": str(record["detail"]).replace("restoring it", note), "restored": restored}
         if not restored:
@@ -260,7 +343,7 @@ class FileGuard:
         try:
             self.audit.append("guard", "violation", status="blocked", summary=record)
         except Exception:
-            log.exception("could not append the violation of %s to the audit chain", pin.path)
+            log.exception("could not append the violation of %s to the audit chain", path)
         self.violations.append(record)
         log.warning("%s", record["detail"])
         return record
@@ -272,6 +355,14 @@ def _inspect(workspace: Path, pin: Pin) -> PinMismatch | None:
     except OSError:  # unreadable (its permissions were changed): as good as changed
         return PinMismatch(pin.path, pin.sha256, None, "changed")
     return found[0] if found else None
+
+
+def _permissions(path: Path) -> int | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_mode & 0o7777
 
 
 def _in_flight_id(path: Path) -> int | None:

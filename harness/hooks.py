@@ -1,14 +1,17 @@
 """Claude Code hooks: `python -m harness.hooks pre-tool-use|post-tool-use|stop|session-start`, JSON on stdin.
 
 - pre-tool-use refuses edits to anything but the mutable files (after resolving symlinks and `..`) and shell
-  commands (unless a user turned them on, and then `bash_policy` reads each one), and records every refusal.
+  commands (unless a user turned them on, and then `bash_policy` reads each one), and records every refusal. A call
+  to a tool outside `KNOWN_TOOLS` is recorded too (status `unknown_tool`): a new tool of a newer CLI is seen before
+  it is trusted. Claude Code's own permission rules and the harness's tool allow-list decide whether it runs.
 - post-tool-use records every tool call in the audit chain and tells the agent about violations it has not seen.
 - stop keeps the agent in the loop until the run's limits or a stop request say it may end.
 - session-start puts the loop's state in front of a new, resumed or compacted session.
 
 A hook must never break a session silently: pre-tool-use fails closed for edits and shell commands (an error denies,
 with the error in the reason), every other event logs the error to stderr and lets the session go on. Start-up stays
-fast (no git, no torch): hooks run on every tool call.
+fast (no git, no torch): hooks run on every tool call. They keep working while a locked file is briefly missing (the
+configuration is read without requiring its files to exist; the file guard restores them).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from server.config import Config, load_config
 log = logging.getLogger(__name__)
 
 EDIT_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path", "NotebookEdit": "notebook_path"}
+# Tools the loop uses or Claude Code offers harmlessly; anything else reaching the hook is recorded as unknown.
+KNOWN_TOOLS = frozenset({*EDIT_TOOLS, "Bash", "Read", "Glob", "Grep", "LS", "TodoWrite", "TodoRead", "BashOutput",
+                         "KillShell", "KillBash", "ExitPlanMode"})
+KNOWN_TOOL_PREFIXES = ("mcp__autoresearch__",)
 ALLOW_BASH_ENV = "AUTORESEARCH_ALLOW_BASH"
 TAG_ENV = "AUTORESEARCH_TAG"
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -86,7 +93,7 @@ def find_run(config: Config) -> HookRun | None:
 
 def build_context(payload: dict[str, Any]) -> HookContext:
     workspace = workspace_of(payload)
-    config = load_config(workspace)
+    config = load_config(workspace, require_files=False)
     return HookContext(payload, workspace, config, find_run(config))
 
 
@@ -143,8 +150,16 @@ def pre_tool_use(ctx: HookContext) -> dict[str, Any] | None:
         reason = edit_refusal(ctx.config, ctx.workspace, ctx.payload, tool)
     elif tool == "Bash":
         reason = bash_refusal(ctx.config, ctx.workspace, tool_input)
-    else:
+    elif is_known_tool(tool):
         return None  # read-only tools and the autoresearch tools
+    else:
+        try:
+            ctx.audit("tool_call", status="unknown_tool", tool=tool or "?", args=bounded_args(tool, tool_input),
+                      summary={"reason": f"{tool or 'a tool without a name'} is not one of the tools the harness "
+                                         "knows; recorded before Claude Code's permission rules decide"})
+        except Exception:
+            log.exception("could not record the call of unknown tool %r in the audit chain", tool)
+        return None
     if reason is None:
         return None
     try:
@@ -153,6 +168,10 @@ def pre_tool_use(ctx: HookContext) -> dict[str, Any] | None:
     except Exception:  # the refusal matters more than its record
         log.exception("could not record the refusal of %s in the audit chain", tool)
     return _deny(reason)
+
+
+def is_known_tool(tool: str) -> bool:
+    return tool in KNOWN_TOOLS or tool.startswith(KNOWN_TOOL_PREFIXES)
 
 
 def bash_refusal(config: Config, workspace: Path, tool_input: Any) -> str | None:

@@ -68,6 +68,7 @@ class LoopState:
     cost_usd: float | None
     stop_file: bool
     now: float
+    rejections: tuple[str, ...] = ()  # reasons people gave `autoresearch reject` for this run's result
 
     # ---- facts ----
 
@@ -177,6 +178,9 @@ class LoopState:
             parts.append(f"Tried and not kept{more}; do not repeat these unchanged:\n" + "\n".join(
                 f"  #{e.id} {e.status} {_num(e.metric)} {e.decision or 'pending'}: {_cut(e.description, 100)}"
                 for e in shown))
+        if self.rejections:
+            parts.append("A person reviewed this run's result and rejected it; take their reasons into account:\n"
+                         + "\n".join(f"  - {_cut(r, 300)}" for r in self.rejections[-5:]))
         crashes = [e for e in self.experiments if e.status in ("crash", "timeout")][-10:]
         if crashes:
             parts.append("Crashes and timeouts (the cause, shortened):\n" + "\n".join(
@@ -205,7 +209,17 @@ def read_loop_state(config: Config, run: RunRef, *, now: float | None = None) ->
         experiments=experiments, violations=violations, in_flight=_in_flight(run_dir / "inflight.json"),
         limits=_limits(run_dir / "limits.json"), cost_usd=_number(supervisor.get("cost_usd")),
         stop_file=(run_dir / "stop").exists(), now=time.time() if now is None else now,
+        rejections=_rejections(run_dir / "rejections.jsonl"),
     )
+
+
+def _rejections(path: Path) -> tuple[str, ...]:
+    """Reasons from `autoresearch reject` (see harness.review), oldest first; unreadable reads as none."""
+    try:
+        return tuple(str(r["reason"]) for r in read_records(path) if r.get("reason"))
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return ()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Every agent reads a different file in a different format, with the per-call time
 matters most: an agent that gives up on `run_experiment` before the hard experiment limit cancels a run the engine
 would have finished, so each file carries `hard + evaluation + 120 s`. Writing merges into what the user already has
 (their other servers and settings stay), and refuses rather than guesses when an existing entry cannot be replaced
-safely.
+safely. A file written into the repository is recorded so that it does not count as a change to the repository under
+test while it holds exactly what was written (`server/agent_files.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+from server.agent_files import record_written
 
 logger = logging.getLogger(__name__)
 
@@ -439,7 +442,11 @@ def write_config(agent: str, launch: ServerLaunch, home: Path | None = None) -> 
     home = home or Path.home()
     path = target_path(agent, launch, home)
     existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    _atomic_write(path, merge(agent, existing, launch, path))
+    text = merge(agent, existing, launch, path)
+    _atomic_write(path, text)
+    if path.is_relative_to(launch.cwd):
+        # A file the agent reads from the repository must not count as a change to it (see server/agent_files.py).
+        record_written(launch.cwd, path.relative_to(launch.cwd).as_posix(), text.encode("utf-8"), agent)
     logger.info("wrote the %s MCP configuration to %s", agent, path)
     return path
 

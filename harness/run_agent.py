@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from harness.agent_events import AgentEvent
+from harness.claude_sandbox import SandboxCheck, check_sandbox, default_key_dir, sandbox_settings, write_settings
 from harness.loop_state import RunLoopView, read_loop_state
 from harness.procs import LineAgentProcess, spawn_group
 from harness.supervisor import Launch, Limits, Policy, State, Supervisor, SupervisorEvent
@@ -62,7 +63,7 @@ def write_mcp_config(config: Config, run: RunInfo, python: str = sys.executable)
     timeout_ms = int((config.hard_timeout_s + config.evaluate.timeout_s + 120) * 1000)
     body = {"mcpServers": {"autoresearch": {
         "type": "stdio", "command": python,
-        "args": ["-m", "server", "serve", "--workspace", str(config.workspace), "--tag", run.tag],
+        "args": ["-P", "-m", "server", "serve", "--workspace", str(config.workspace), "--tag", run.tag],
         "env": {"AUTORESEARCH_WORKSPACE": str(config.workspace)},
         "timeout": timeout_ms, "alwaysLoad": True,
     }}}
@@ -128,6 +129,37 @@ def _text_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def require_shell_sandbox(args: Namespace) -> SandboxCheck:
+    """With `--allow-bash`, refuse to go on where Claude Code's shell sandbox cannot start, unless the user said yes.
+
+    Called before a run is created, so a refusal leaves nothing behind.
+    """
+    check = check_sandbox()
+    if check.available or not getattr(args, "allow_bash", False):
+        return check
+    if getattr(args, "allow_unsandboxed_bash", False):
+        log.warning("the shell sandbox cannot start (%s); shell commands run unsandboxed, as "
+                    "--allow-unsandboxed-bash asked", check.reason)
+        return check
+    raise HarnessError(
+        f"--allow-bash runs the agent's shell commands in Claude Code's sandbox, and it cannot start here: "
+        f"{check.reason}. Install what is missing and start again, leave out --allow-bash, or add "
+        "--allow-unsandboxed-bash to run shell commands without the sandbox (then only the shell policy and the file "
+        "guard stand between the agent and the run's files).")
+
+
+def shell_sandbox(config: Config, run: RunInfo, args: Namespace, audit: AuditLog) -> dict[str, object] | None:
+    """The `sandbox` settings for this session, or None when shell commands are off or run unsandboxed (audited)."""
+    if not getattr(args, "allow_bash", False):
+        return None
+    check = require_shell_sandbox(args)
+    if not check.available:
+        audit.append("supervisor", "unsandboxed_shell", status="warning",
+                     summary={"reason": str(check.reason)[:300], "flag": "--allow-unsandboxed-bash"})
+        return None
+    return sandbox_settings(config, run.run_dir, key_dir=default_key_dir())
+
+
 class ClaudeSpawner:
     """Starts `claude -p` headless with stream-json output, an explicit tool allow-list and the run's MCP config."""
 
@@ -137,6 +169,7 @@ class ClaudeSpawner:
         self.config, self.run, self.mark = config, run, mark
         self.audit = audit if audit is not None else AuditLog(run.run_dir / "audit.jsonl")
         self.allow_bash = bool(getattr(args, "allow_bash", False))
+        sandbox = shell_sandbox(config, run, args, self.audit)
         mcp = write_mcp_config(config, run)
         tools = ["mcp__autoresearch__run_experiment", "mcp__autoresearch__read_results",
                  "mcp__autoresearch__commit_or_revert", "Read", "Glob", "Grep", "Edit", "MultiEdit", "Write"]
@@ -150,8 +183,7 @@ class ClaudeSpawner:
         program = (config.workspace / "program.md")
         self.spec = ClaudeLaunchSpec(
             claude_bin=find_claude(config.workspace), workspace=config.workspace, mcp_config=mcp,
-            settings=config.workspace / ".claude" / "settings.json" if (config.workspace / ".claude" /
-                                                                      "settings.json").exists() else None,
+            settings=write_settings(config, run.run_dir, sandbox=sandbox),
             allowed_tools=tools, disallowed_tools=disallowed, model=getattr(args, "model", None),
             max_turns=getattr(args, "max_turns", None),
             append_system_prompt=program.read_text(encoding="utf-8") if program.exists() else None,

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install_claude_code.sh
+bash scripts/install_sandbox_deps.sh
 bash scripts/install_agent_clis.sh
 [ -f scripts/install_inspector.sh ] && bash scripts/install_inspector.sh
+bash scripts/install_browser.sh
 exec .venv/bin/python -m pytest "$@"

@@ -3,14 +3,22 @@
 The server, the Claude Code hooks, the supervisor and the file guard all append to one `audit.jsonl`. Each record
 carries the hash of the one before it (`prev`) and its own hash over its content, and `audit.head` beside the log
 holds the last seq and hash, so `verify()` can tell an edited record, a removed or reordered line, and lines cut
-from the end apart and name the first one. The chain is not keyed: it proves the log is unbroken, not who wrote it.
+from the end apart and name the first one.
+
+The chain is keyed: each hash is an HMAC-SHA256 under a key made for the run when its first record is written and
+kept outside the workspace (`$AUTORESEARCH_KEY_DIR`, else `$XDG_CONFIG_HOME/autoresearch/keys`, else
+`~/.config/autoresearch/keys`; one `<run id>.key` file, mode 0600). Rebuilding `audit.jsonl` and `audit.head`
+therefore needs the key: whoever cannot read that folder (the sandboxed command, an agent whose shell is sealed)
+cannot forge a chain that verifies. Whoever can read it can; the key protects exactly as far as its folder does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -22,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from server import jsonl
+from server.text import for_terminal
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,7 @@ MAX_ITEMS = 200  # longest list or dict kept in args/summary
 MAX_DEPTH = 8
 MAX_LABEL = 80  # actor, event, status
 MAX_NAME = 200  # session, tool
+KEY_DIR_ENV = "AUTORESEARCH_KEY_DIR"
 
 
 class AuditError(RuntimeError):
@@ -74,11 +84,11 @@ class AuditRecord:
                 raise ValueError(f"not an audit record: {name} is {getattr(rec, name)!r}, expected a string")
         return rec
 
-    def computed_hash(self) -> str:
-        """sha256 of the canonical JSON of every field except `hash`."""
+    def computed_hash(self, key: bytes) -> str:
+        """HMAC-SHA256 under the run's key of the canonical JSON of every field except `hash`."""
         body = self.to_json()
         del body["hash"]
-        return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+        return hmac.new(key, canonical_json(body).encode("utf-8"), hashlib.sha256).hexdigest()
 
     @property
     def timestamp(self) -> datetime:
@@ -111,13 +121,65 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def key_dir() -> Path:
+    """Where run keys live: `$AUTORESEARCH_KEY_DIR`, else `$XDG_CONFIG_HOME/autoresearch/keys`, else
+    `~/.config/autoresearch/keys`. Outside every workspace, so nothing the sandbox can see."""
+    explicit = os.environ.get(KEY_DIR_ENV)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "autoresearch" / "keys"
+
+
+def run_id(run_dir: Path) -> str:
+    """The name of a run's key: its tag and a digest of what `run.json` says about its creation (so two workspaces
+    with the same tag get different keys); for a log outside a run folder, a digest of the log's path."""
+    try:
+        meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        seed = f"{meta['tag']}|{meta['created_at']}|{meta['base_commit']}"
+        label = str(meta["tag"])
+    except (OSError, ValueError, KeyError, TypeError):
+        seed, label = str(run_dir.resolve()), "log"
+    return f"{label}-{hashlib.sha256(seed.encode('utf-8')).hexdigest()[:16]}"
+
+
 class AuditLog:
     """The audit trail at `path` (usually `runs/<tag>/audit.jsonl`) and its head file `audit.head` beside it."""
 
-    def __init__(self, path: os.PathLike[str] | str, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(self, path: os.PathLike[str] | str, *, clock: Callable[[], datetime] = _utc_now,
+                 keys: os.PathLike[str] | str | None = None) -> None:
         self.path = Path(path)
         self.head_path = self.path.with_suffix(".head")
         self._clock = clock
+        self._key_dir = Path(keys) if keys is not None else None
+        self._key: bytes | None = None
+
+    @property
+    def key_path(self) -> Path:
+        return (self._key_dir or key_dir()) / f"{run_id(self.path.parent)}.key"
+
+    def _load_key(self, *, create: bool) -> bytes:
+        """The run's key; made (0600, in a 0700 folder) only when the chain is empty, so a lost key is never
+        silently replaced by a new one under an existing chain."""
+        if self._key is not None:
+            return self._key
+        path = self.key_path
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            if not create:
+                raise AuditError(f"the audit key {path} is missing, so the chain in {self.path} cannot be checked or "
+                                 f"extended. Restore the key file (or set {KEY_DIR_ENV} to the folder that holds "
+                                 "it); without it the run's audit trail can no longer be verified.") from None
+            text = _create_key(path)
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) < 32:
+            raise AuditError(f"the audit key {path} is damaged (expected 64 hex digits); restore it from a backup")
+        self._key = key
+        return key
 
     def append(self, actor: str, event: str, *, session: str | None = None, tool: str | None = None,
                args: Mapping[str, Any] | None = None, status: str = "ok",
@@ -134,10 +196,11 @@ class AuditLog:
         bounded_summary = _bound(dict(summary), 0) if summary is not None else None
         with jsonl.locked(self.path):
             seq, prev = self._last_unlocked()
+            key = self._load_key(create=seq == 0)
             draft = AuditRecord(seq=seq + 1, time=format_time(self._clock()), actor=actor, event=event,
                                 session=_cut(session, MAX_NAME), tool=_cut(tool, MAX_NAME), args=bounded_args,
                                 status=status, summary=bounded_summary, duration_ms=duration_ms, prev=prev, hash="")
-            record = dataclasses.replace(draft, hash=draft.computed_hash())
+            record = dataclasses.replace(draft, hash=draft.computed_hash(key))
             jsonl.append_unlocked(self.path, record.to_json())
             jsonl.atomic_write_text(self.head_path, canonical_json({"seq": record.seq, "hash": record.hash}) + "\n")
         return record
@@ -153,22 +216,68 @@ class AuditLog:
                              "onto it. Run `autoresearch audit verify` to see what changed.") from exc
         return last.seq, last.hash
 
+    def tail_records(self, max_bytes: int = 1 << 18) -> list[AuditRecord]:
+        """The whole records in the last `max_bytes` of the log (recovery looks at what happened just before a
+        kill without reading the whole chain)."""
+        try:
+            with self.path.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                start = max(0, size - max_bytes)
+                fh.seek(start)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        lines = data.split(b"\n")[:-1]
+        if start > 0 and lines:
+            lines = lines[1:]  # the first line may begin before the window
+        out = []
+        for raw in lines:
+            with contextlib.suppress(ValueError):
+                out.append(AuditRecord.from_json(json.loads(raw)))
+        return out
+
     def records(self) -> list[AuditRecord]:
         """Every whole record (a torn final line is left out); raises on a damaged line, see `verify`."""
         return [AuditRecord.from_json(r) for r in jsonl.read_records(self.path)]
 
-    def verify(self) -> AuditVerdict:
-        """Check the whole chain and the head file; the verdict names the first problem found."""
-        lines = jsonl.read_lines(self.path)
+    def snapshot(self) -> tuple[int, bytes | None]:
+        """A consistent point of the chain: the log's size and the head file's bytes, read under the writers' lock
+        (so no append is half done between the two reads)."""
+        with jsonl.locked(self.path):
+            try:
+                size = os.stat(self.path).st_size
+            except FileNotFoundError:
+                size = 0
+            try:
+                head = self.head_path.read_bytes()
+            except FileNotFoundError:
+                head = None
+        return size, head
+
+    def verify(self, on_record: Callable[[AuditRecord], None] | None = None,
+               point: tuple[int, bytes | None] | None = None) -> AuditVerdict:
+        """Check the chain and the head file at one consistent point (`snapshot()`, taken now unless given), so a
+        run that keeps appending is never reported as broken; the verdict names the first problem found.
+        `on_record` sees every record that checks out, in order (the run check collects its ledger seals)."""
+        size, head = point if point is not None else self.snapshot()
+        lines = _read_prefix(self.path, size)
+        if not lines and head is None:
+            return AuditVerdict(True, 0, None, "audit chain intact: 0 records")
+        try:
+            key = self._load_key(create=False)
+        except AuditError as exc:
+            return AuditVerdict(False, 0, 1 if lines else None, str(exc))
         prev_seq, prev_hash = 0, GENESIS
         last: AuditRecord | None = None
         for line_no, raw in enumerate(lines, start=1):
-            problem = _check_line(line_no, raw, prev_seq, prev_hash)
+            problem = _check_line(line_no, raw, prev_seq, prev_hash, key)
             if isinstance(problem, str):
                 return AuditVerdict(False, line_no - 1, line_no, problem)
             last = problem
             prev_seq, prev_hash = last.seq, last.hash
-        head_problem = self._check_head(last)
+            if on_record is not None:
+                on_record(last)
+        head_problem = self._check_head(last, head)
         if head_problem is not None:
             return AuditVerdict(False, len(lines), None, head_problem)
         if last is None:
@@ -176,9 +285,11 @@ class AuditLog:
         return AuditVerdict(True, len(lines), None,
                             f"audit chain intact: {len(lines)} records, last hash {last.hash[:8]}...")
 
-    def _check_head(self, last: AuditRecord | None) -> str | None:
+    def _check_head(self, last: AuditRecord | None, raw: bytes | None) -> str | None:
         try:
-            head = json.loads(self.head_path.read_text(encoding="utf-8"))
+            if raw is None:
+                raise FileNotFoundError(self.head_path)
+            head = json.loads(raw.decode("utf-8"))
             head_seq, head_hash = int(head["seq"]), str(head["hash"])
         except FileNotFoundError:
             if last is None:
@@ -200,7 +311,39 @@ class AuditLog:
         return None  # equal, or one behind: an append interrupted between its line and its head update
 
 
-def _check_line(line_no: int, raw: bytes, prev_seq: int, prev_hash: str) -> AuditRecord | str:
+def _read_prefix(path: Path, size: int) -> list[bytes]:
+    """The whole lines in the first `size` bytes of `path`."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(size)
+    except FileNotFoundError:
+        return []
+    return data.split(b"\n")[:-1]
+
+
+def _create_key(path: Path) -> str:
+    """Write a new random key to `path` without ever exposing a partly written file; returns its text. When another
+    process made one first, that one wins and is returned."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = os.urandom(32).hex()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, (text + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        text = path.read_text(encoding="ascii").strip()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return text
+
+
+def _check_line(line_no: int, raw: bytes, prev_seq: int, prev_hash: str, key: bytes) -> AuditRecord | str:
     """The record on this line, or a sentence saying what is wrong with it."""
     try:
         data = json.loads(raw)
@@ -209,8 +352,9 @@ def _check_line(line_no: int, raw: bytes, prev_seq: int, prev_hash: str) -> Audi
         rec = AuditRecord.from_json(data)
     except ValueError as exc:
         return f"line {line_no}: does not parse as an audit record: {exc}"
-    if rec.computed_hash() != rec.hash:
-        return f"line {line_no} (seq {rec.seq}): content altered: hash mismatch"
+    if not hmac.compare_digest(rec.computed_hash(key), rec.hash):
+        return (f"line {line_no} (seq {rec.seq}): content altered: hash mismatch "
+                "(edited, or written without the run's key)")
     if rec.seq != prev_seq + 1:
         return (f"line {line_no}: expected seq {prev_seq + 1} after seq {prev_seq} but found seq {rec.seq}: "
                 "a record was removed or the lines were reordered")
@@ -301,6 +445,6 @@ def format_record(record: AuditRecord, width: int = 80) -> str:
         parts.append(f"{record.duration_ms:.0f}ms")
     for label, payload in (("args", record.args), ("summary", record.summary)):
         if payload:
-            text = _compact_json(payload)
+            text = for_terminal(_compact_json(payload))  # refused calls keep raw agent text; show it escaped
             parts.append(f"{label}={text if len(text) <= width else text[:width - 3] + '...'}")
     return "  ".join(parts)

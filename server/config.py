@@ -51,6 +51,10 @@ _SANDBOX_KEYS = ("mode", "allow_unsealed", "startup_s", "clock", "memory_mb", "c
                  "pass_env", "max_artifact_mb")
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _REQUIRED = ("mutable", "command", "metric", "direction", "time_budget_s", "hard_timeout_s")
+# Who may move a run's result beyond its branch; top level only (a machine profile must not change who approves).
+_AUTONOMY_KEYS = ("autonomy", "auto_promote")
+AUTONOMY_LEVELS = ("observe", "propose", "auto-promote")
+_AUTO_PROMOTE_KEYS = ("max_lines", "min_gain", "min_noise_floors")
 
 
 class ConfigError(ValueError):
@@ -90,6 +94,15 @@ class SandboxConfig:
 
 
 @dataclass(frozen=True)
+class AutoPromoteLimits:
+    """The written limits of ``autonomy = "auto-promote"``: a kept change outside any of them waits for a person."""
+
+    max_lines: int = 20  # lines added plus removed by the one change
+    min_gain: float = 0.0  # it must beat the best before it by at least this much (absolute)
+    min_noise_floors: float = 2.0  # ... and by this many noise floors; needs a noise floor in the ledger unless 0
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated, frozen experiment configuration. Paths in ``mutable``/``locked`` are posix, workspace-relative."""
 
@@ -114,6 +127,8 @@ class Config:
     profile: str = ""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     table: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # merged TOML, frozen at init
+    autonomy: Literal["observe", "propose", "auto-promote"] = "propose"
+    auto_promote: AutoPromoteLimits = field(default_factory=AutoPromoteLimits)
 
     def improves(self, candidate: float, best: float) -> bool:
         """True when ``candidate`` beats ``best`` by strictly more than ``min_improvement``; a tie never wins."""
@@ -198,18 +213,21 @@ def load_config(
     *,
     detector: Callable[[], str] = detect_platform,
     environ: Mapping[str, str] | None = None,
+    require_files: bool = True,
 ) -> Config:
     """Find, read, merge the selected profile into, and validate the configuration of ``workspace``.
 
     Profile precedence: the ``profile`` argument, then ``$AUTORESEARCH_PROFILE``, then the document's ``profile`` key.
     "auto" asks ``detector`` and applies that profile only if it is defined; any other name must be defined.
+    ``require_files=False`` accepts mutable and locked files that are missing right now (the hooks read the
+    configuration while a locked file may be briefly gone, between a deletion and the guard's restore).
     """
     ws = Path(workspace).resolve()
     if not ws.is_dir():
         raise ConfigError(f"workspace {ws} is not a directory; pass the directory that holds your experiment")
     source, table, prefix = _read_source(ws, path)
-    v = _Validator(source, prefix)
-    v.check_keys(table, _TOP_KEYS, "")
+    v = _Validator(source, prefix, require_files=require_files)
+    v.check_keys(table, _TOP_KEYS + _AUTONOMY_KEYS, "")
 
     profiles = table.get("profiles", {})
     v.require_table(profiles, "profiles")
@@ -317,9 +335,10 @@ def _merge(
 class _Validator:
     """Type and range checks whose errors name the file, the dotted key, the value and what is allowed."""
 
-    def __init__(self, source: Path, prefix: str) -> None:
+    def __init__(self, source: Path, prefix: str, *, require_files: bool = True) -> None:
         self.source = source
         self.prefix = prefix
+        self.require_files = require_files
         self.origins: dict[str, str] = {}
 
     def key(self, name: str) -> str:
@@ -387,7 +406,7 @@ class _Validator:
             rel = posix.as_posix()
             if rel in (".", ""):
                 raise self.fail(name, raw, "a file path relative to the workspace")
-            if not (workspace / rel).is_file():
+            if self.require_files and not (workspace / rel).is_file():
                 raise self.fail(name, raw, f"a file that exists in the workspace {workspace} (create or fix it)")
             if rel not in out:
                 out.append(rel)
@@ -455,6 +474,8 @@ def _build(ws: Path, source: Path, d: dict[str, Any], profile: str, v: _Validato
         profile=profile,
         sandbox=_sandbox(d.get("sandbox", {}), v, d.get("hard_timeout_s")),
         table=MappingProxyType(json.loads(json.dumps(d))),
+        autonomy=v.choice(d.get("autonomy", "propose"), "autonomy", AUTONOMY_LEVELS),  # type: ignore[arg-type]
+        auto_promote=_auto_promote(d.get("auto_promote", {}), v),
     )
 
 
@@ -508,6 +529,19 @@ def _sandbox(table: Any, v: _Validator, hard_timeout: Any) -> SandboxConfig:
         eval_read=reads["eval_read"],
         pass_env=tuple(pass_env),
         max_artifact_mb=v.integer(table.get("max_artifact_mb", 8192), "sandbox.max_artifact_mb", 1),
+    )
+
+
+def _auto_promote(table: Any, v: _Validator) -> AutoPromoteLimits:
+    v.require_table(table, "auto_promote")
+    v.check_keys(table, _AUTO_PROMOTE_KEYS, "auto_promote.")
+    defaults = AutoPromoteLimits()
+    return AutoPromoteLimits(
+        max_lines=v.integer(table.get("max_lines", defaults.max_lines), "auto_promote.max_lines", 1),
+        min_gain=v.number(table.get("min_gain", defaults.min_gain), "auto_promote.min_gain", minimum=0.0,
+                          exclusive=False),
+        min_noise_floors=v.number(table.get("min_noise_floors", defaults.min_noise_floors),
+                                  "auto_promote.min_noise_floors", minimum=0.0, exclusive=False),
     )
 
 

@@ -7,14 +7,22 @@
   than `min_improvement`.
 - `read_results` is a compact view of the ledger.
 
-A kill -9 at any moment leaves a consistent state: `inflight.json` is written before the command starts and removed
-after the ledger line is durable; `recover()` (run when an engine opens) turns a leftover into a `crash` record.
+A kill -9 or a full disk at any moment leaves a state that recovery completes: `inflight.json` is written before the
+command starts and removed after the ledger line is durable, and an `experiment_started` audit record precedes the
+command; a decision is written as an intent (`decision.json`) before the branch moves and removed after its ledger line
+is durable. Recovery runs whenever the experiment lock is taken (cheap: two `stat`s) and fully when an engine opens
+(`recover()`): a leftover experiment becomes a `crash` record, a leftover intent is carried out (exactly once: the
+branch is moved only if it has not moved yet), ledger lines are sealed into the audit chain, `.tmp` litter is removed
+and results.tsv is rewritten if it is behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -27,13 +35,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from server import history
-from server.audit import AuditLog
+from server import history, jsonl
+from server.agent_files import is_agent_config
+from server.audit import AuditError, AuditLog
 from server.config import Config
-from server.gitrepo import GitRepo
+from server.gitrepo import GitError, GitRepo
 from server.integrity import check_pins, restore_pin
 from server.jsonl import append_record, atomic_write_text, read_records
-from server.ledger import Experiment, Ledger
+from server.ledger import Experiment, Ledger, LedgerLine
+from server.promotion import OBSERVE_PREFIX, auto_promote
 from server.models import (
     DecisionResult,
     ExperimentDetail,
@@ -46,6 +56,7 @@ from server import sandbox
 from server.experiment import ExperimentPaths, Plan, as_float, execute, read_tail
 from server.runner import is_our_group, kill_group, kill_marked
 from server.runstate import RunInfo, frozen_config, private_dir
+from server.text import UnsafeText, check_agent_text
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +92,13 @@ def _iso(ts: float) -> str:
 
 
 def _clean(value: object, name: str, *, min_len: int, max_len: int) -> str:
+    """Agent text as stored: whitespace folded to single spaces, control characters refused (see server/text.py)."""
     if not isinstance(value, str):
         raise InvalidArgument(f"{name} must be a string, got {type(value).__name__}")
+    try:
+        check_agent_text(value, name)
+    except UnsafeText as exc:
+        raise InvalidArgument(str(exc)) from None
     text = " ".join(value.split())
     if len(text) < min_len:
         raise InvalidArgument(f"{name} is too short ({len(text)} chars): say in {min_len}+ characters what changed")
@@ -108,9 +124,12 @@ class Engine:
         self.private_dir = private_dir(run)
         self.run_dir = run.run_dir
         self.repo = GitRepo(config.workspace)
-        self.ledger = Ledger(self.run_dir, metric_name=config.metric)
         self.audit = AuditLog(self.run_dir / "audit.jsonl")
+        self.ledger = Ledger(self.run_dir, metric_name=config.metric, on_append=self._seal)
+        self._unsealed: list[LedgerLine] = []  # ledger lines whose audit seal failed (a full disk); retried
+        self._finished_intent: Experiment | None = None  # a decision recovery carried out during the current call
         self.inflight_path = self.run_dir / "inflight.json"
+        self.intent_path = self.run_dir / "decision.json"
         self.violations_path = self.run_dir / "violations.jsonl"
         self.lock_path = self.run_dir / "experiment.lock"
         self.pinned_dir = self.run_dir / "pinned"
@@ -119,7 +138,8 @@ class Engine:
 
     @contextmanager
     def _experiment_lock(self) -> Iterator[None]:
-        """One experiment at a time per run, across threads and processes (a second caller is refused, not queued)."""
+        """One experiment at a time per run, across threads and processes (a second caller is refused, not queued).
+        Whoever takes the lock first completes what a dead holder left (see `_recover_locked`)."""
         fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             try:
@@ -132,56 +152,263 @@ class Engine:
                     f"{what} is running on this workspace now; only one runs at a time on one device. "
                     "Wait for it to finish, then call read_results and continue."
                 ) from None
+            self._finished_intent = None
+            self._recover_locked()
             yield
         finally:
             os.close(fd)
 
+    def _lock_is_free(self) -> bool:
+        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return True
+        finally:
+            os.close(fd)
+
     def recover(self) -> str | None:
-        """Turn an experiment left in flight by a dead server into a `crash` record and kill what it left running."""
-        if self.ledger.experiments():
-            self.ledger.write_results_tsv()  # a kill between a ledger append and the tsv rewrite leaves it behind
-        if not self.inflight_path.exists():
-            return None
+        """Complete what a dead server left (run when an engine opens): the experiment in flight becomes a `crash`
+        record, a decision intent is carried out, unrecorded snapshot refs are recorded or removed, ledger lines are
+        sealed, `.tmp` litter is removed and results.tsv is brought up to date. None when nothing was left."""
         try:
             with self._experiment_lock():
-                try:
-                    data = json.loads(self.inflight_path.read_text(encoding="utf-8"))
-                except (OSError, json.JSONDecodeError):
-                    self.inflight_path.unlink(missing_ok=True)
-                    return "removed an unreadable inflight.json"
-                marker = data.get("marker")
-                killed = 0
-                if marker:
-                    pgid = data.get("pgid")
-                    if pgid and is_our_group(int(pgid), marker):
-                        kill_group(int(pgid), marker, grace_s=1.0)
-                    killed = kill_marked(marker)
-                exp_id = int(data["id"])
-                note = None
-                if self.ledger.get(exp_id) is None:
-                    log_path = Path(data["exp_dir"]) / "run.log"
-                    tail = read_tail(log_path, self.config.tail_lines)
-                    failure = "interrupted: the server stopped during this run (recorded when it restarted)"
-                    self._append_experiment(data, status="crash", failure=failure, metric=None, verified=False,
-                                            metrics={}, finished=time.time(), train_s=None, eval_s=None,
-                                            log_tail=tail, fingerprint=None, decision="discard",
-                                            decision_reason=failure)
-                    note = f"experiment {exp_id} was interrupted by a server stop; recorded as crash"
-                    self.audit.append("server", "recovery", status="ok",
-                                      summary={"experiment_id": exp_id, "killed_processes": killed})
-                self.inflight_path.unlink(missing_ok=True)
-                return note
+                notes = [n for n in (self._last_recovery_note, self._recover_orphans()) if n]
+                with jsonl.locked(self.ledger.path):
+                    litter = jsonl.remove_temp_files(self.run_dir, ["results.tsv", "experiments.idx"])
+                with jsonl.locked(self.audit.path):
+                    litter += jsonl.remove_temp_files(self.run_dir, ["audit.head"])
+                litter += jsonl.remove_temp_files(self.run_dir, ["inflight.json", "decision.json"])
+                if litter:
+                    log.info("removed %d temporary file(s) left by an interrupted write", len(litter))
+                if self.ledger.sync_results_tsv():
+                    notes.append("results.tsv was behind the ledger; rewrote it")
+                return "; ".join(notes) or None
         except Refusal:
             return None  # another live server holds the lock: the experiment is genuinely running
 
-    def in_flight(self) -> InFlight | None:
+    def _recover_locked(self) -> None:
+        """With the experiment lock held: finish a decision intent, record an experiment left in flight, retry
+        audit seals that failed. Two `stat`s when nothing was left."""
+        self._last_recovery_note: str | None = None
+        if self._unsealed:
+            self._retry_seals()
+        if self.intent_path.exists():
+            self._finished_intent = self._finish_intent()
+            if self._finished_intent is not None:
+                self._last_recovery_note = (f"the decision on experiment {self._finished_intent.id} "
+                                            f"({self._finished_intent.decision}) was completed")
+        if self.inflight_path.exists():
+            self._last_recovery_note = self._recover_inflight()
+
+    def _recover_inflight(self) -> str | None:
         try:
             data = json.loads(self.inflight_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            exp_id = int(data["id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.inflight_path.unlink(missing_ok=True)
+            return "removed an unreadable inflight.json"
+        marker = data.get("marker")
+        killed = 0
+        if marker:
+            pgid = data.get("pgid")
+            if pgid and is_our_group(int(pgid), marker):
+                kill_group(int(pgid), marker, grace_s=1.0)
+            killed = kill_marked(marker)
+        note = None
+        if self.ledger.get(exp_id) is None:
+            log_path = Path(data["exp_dir"]) / "run.log"
+            tail = read_tail(log_path, self.config.tail_lines)
+            failure = "interrupted: the server stopped during this run (recorded when it restarted)"
+            self._append_experiment(data, status="crash", failure=failure, metric=None, verified=False,
+                                    metrics={}, finished=time.time(), train_s=None, eval_s=None,
+                                    log_tail=tail, fingerprint=None, decision="discard",
+                                    decision_reason=failure)
+            note = f"experiment {exp_id} was interrupted by a server stop; recorded as crash"
+            self.audit.append("server", "recovery", status="ok",
+                              summary={"experiment_id": exp_id, "killed_processes": killed})
+        else:
+            self._reseal(exp_id, "experiment")  # killed between the ledger line and its seal
+        self.inflight_path.unlink(missing_ok=True)
+        return note
+
+    def in_flight(self) -> InFlight | None:
+        """The experiment running now; None when none is, including when `inflight.json` is a leftover of a server
+        that died (the experiment lock is free, or the ledger already holds the experiment)."""
+        try:
+            data = json.loads(self.inflight_path.read_text(encoding="utf-8"))
+            current = InFlight(id=int(data["id"]), description=str(data["description"]),
+                               started_at=float(data["started_at"]), deadline=float(data["deadline"]),
+                               pgid=data.get("pgid"))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        return InFlight(id=int(data["id"]), description=str(data["description"]),
-                        started_at=float(data["started_at"]), deadline=float(data["deadline"]),
-                        pgid=data.get("pgid"))
+        if self._lock_is_free() or self.ledger.get(current.id) is not None:
+            return None
+        return current
+
+    # ---- sealing ledger lines into the audit chain ----
+
+    def _seal(self, line: LedgerLine) -> None:
+        """Called under the ledger lock for every line this engine writes: an audit record with the line's sha256,
+        so `audit verify` can tell a ledger line the server wrote from one written or edited by anything else. A
+        failed seal (a full disk) does not fail the call whose line is already durable; it is retried."""
+        try:
+            self._append_seal(line)
+        except (OSError, AuditError) as exc:
+            log.error("could not seal ledger line at byte %d into the audit chain (%s); retrying later", line.offset,
+                      exc)
+            self._unsealed.append(line)
+
+    def _append_seal(self, line: LedgerLine, status: str = "ok") -> None:
+        self.audit.append("server", "ledger_append", status=status, summary={
+            "offset": line.offset, "length": len(line.data), "sha256": hashlib.sha256(line.data).hexdigest(),
+            "type": line.kind, "experiment_id": line.experiment_id})
+
+    def _retry_seals(self) -> None:
+        while self._unsealed:
+            self._append_seal(self._unsealed[0])
+            self._unsealed.pop(0)
+
+    def _reseal(self, exp_id: int, kind: str) -> None:
+        """Seal the ledger line a dead server wrote for this experiment (it may have died before sealing it). A
+        second seal of the same line is harmless; only the line recorded by the inflight or intent file is sealed
+        this way, never any other unsealed line."""
+        line = self.ledger.line_of(exp_id, kind)
+        if line is None:
+            return
+        sealed = any(r.event == "ledger_append" and r.summary and r.summary.get("offset") == line.offset
+                     for r in self.audit.tail_records())
+        if not sealed:
+            self._append_seal(line, status="recovered")
+
+    # ---- decisions: intent first, then the branch, then the ledger ----
+
+    def _finish_intent(self) -> Experiment | None:
+        try:
+            intent = json.loads(self.intent_path.read_text(encoding="utf-8"))
+            int(intent["experiment_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.intent_path.unlink(missing_ok=True)
+            log.warning("removed an unreadable %s", self.intent_path)
+            return None
+        exp = self._apply_intent(intent)
+        self.audit.append("server", "recovery", status="ok",
+                          summary={"experiment_id": intent["experiment_id"], "decision": intent["decision"],
+                                   "completed": exp is not None})
+        return exp
+
+    def _apply_intent(self, intent: dict[str, object]) -> Experiment | None:
+        """Carry out a written decision intent exactly once, whatever happened to an earlier attempt: the branch moves
+        only if it is still where the intent found it, and the ledger line is written only if it is not there."""
+        exp_id = int(intent["experiment_id"])  # type: ignore[call-overload]
+        exp = self.ledger.get(exp_id)
+        if exp is None:
+            self.intent_path.unlink(missing_ok=True)
+            return None
+        if exp.decision is not None:  # done, but killed before removing the intent
+            self._reseal(exp_id, "decision")
+            self.intent_path.unlink(missing_ok=True)
+            return exp
+        mutable = list(self.config.mutable)
+        from_tip = str(intent["from_tip"])
+        tip = self.repo.branch_tip(self.run.branch)
+        if intent["decision"] == "keep":
+            if tip == from_tip:
+                kept = self.repo.advance_branch(self.run.branch, exp.commit, str(intent["message"]))
+            elif self.repo.parent_and_tree(tip) == (from_tip, self.repo.parent_and_tree(exp.commit)[1]):
+                kept = tip  # the branch moved before the kill; only the ledger line is missing
+            else:
+                raise Refusal(f"branch {self.run.branch} is at {tip[:7]}, neither where the decision on experiment "
+                              f"{exp_id} found it ({from_tip[:7]}) nor that commit's child holding experiment "
+                              f"{exp_id}. A person must run `git reset --hard {from_tip[:7]}` and call "
+                              "commit_or_revert again.")
+            self.repo.restore_paths(kept, mutable)
+            decided = self.ledger.append_decision(exp_id, "keep", str(intent["reason"]), kept)
+        else:
+            self.repo.restore_paths(tip, mutable)
+            decided = self.ledger.append_decision(exp_id, "discard", str(intent["reason"]), None)
+            (self.run_dir / "experiments" / f"{exp_id:04d}" / "model" / "checkpoint").unlink(missing_ok=True)
+        self.intent_path.unlink(missing_ok=True)
+        return decided
+
+    # ---- experiment ids and records of a start ----
+
+    def _next_id(self) -> int:
+        """One past the highest id the ledger, the snapshot refs and the experiment folders have used, so an id is
+        never given twice, even after a ledger write failed or a kill lost `inflight.json`."""
+        exp_id = max(self.ledger.max_id(), getattr(self, "_max_seen_id", 0)) + 1
+        while (self.run_dir / "experiments" / f"{exp_id:04d}").exists() or self.repo.ref_exists(self._ref(exp_id)):
+            exp_id += 1
+        self._max_seen_id = exp_id
+        return exp_id
+
+    def _ref(self, exp_id: int) -> str:
+        return f"refs/autoresearch/{self.run.tag}/{exp_id:04d}"
+
+    def _record_start(self, exp_id: int, description: str, parent: str, commit: str, is_baseline: bool,
+                      caller: str | None) -> None:
+        """Write the `experiment_started` audit record; the command runs only once it is durable, so no experiment
+        can run without a trace. When it cannot be written, the start is undone (snapshot ref, folder,
+        inflight.json) and the error says why."""
+        try:
+            self.audit.append("server", "experiment_started", status="ok", summary={
+                "experiment_id": exp_id, "description": description, "parent": parent, "commit": commit,
+                "is_baseline": is_baseline, "caller": caller})
+        except (OSError, AuditError) as exc:
+            self.inflight_path.unlink(missing_ok=True)
+            with contextlib.suppress(GitError):
+                self.repo.delete_ref(self._ref(exp_id), commit)
+            shutil.rmtree(self.run_dir / "experiments" / f"{exp_id:04d}", ignore_errors=True)
+            raise OSError(getattr(exc, "errno", None) or errno.EIO,
+                          f"experiment {exp_id} was not started: its start could not be recorded in the audit chain "
+                          f"({exc})") from exc
+
+    def _recover_orphans(self) -> str | None:
+        """Snapshot refs and folders above the ledger's last id with nothing in flight: a server killed before it
+        wrote inflight.json (nothing ran: removed) or one whose inflight.json was lost after the command started
+        (it has a run.log: recorded as a crash, so it cannot vanish)."""
+        top = self.ledger.max_id()
+        notes = []
+        candidates: list[tuple[int, str | None]] = []
+        exp_id, misses = top, 0
+        while misses < 3:  # each failed start uses one id, so leftovers sit just above the last recorded one
+            exp_id += 1
+            ref = self._ref(exp_id)
+            commit = self.repo.resolve(ref) if self.repo.ref_exists(ref) else None
+            if commit is None and not (self.run_dir / "experiments" / f"{exp_id:04d}").exists():
+                misses += 1
+                continue
+            misses = 0
+            candidates.append((exp_id, commit))
+        for exp_id, commit in candidates:
+            exp_dir = self.run_dir / "experiments" / f"{exp_id:04d}"
+            if commit is not None and (exp_dir / "run.log").exists():
+                parent, _ = self.repo.parent_and_tree(commit)
+                message = self.repo.message_of(commit)
+                label = message.split(": ", 1)[1] if ": " in message else message
+                data: dict[str, object] = {
+                    "id": exp_id, "parent": parent or commit, "commit": commit, "exp_dir": str(exp_dir),
+                    "description": label.strip() or "(description lost)", "is_baseline": label.strip() == "baseline",
+                    "diff": (exp_dir / "diff.patch").read_text(encoding="utf-8", errors="replace")
+                    if (exp_dir / "diff.patch").exists() else "",
+                    "started_at": (exp_dir / "run.log").stat().st_mtime}
+                failure = "interrupted: its in-flight record was lost when the server stopped (recorded on restart)"
+                self._append_experiment(data, status="crash", failure=failure, metric=None, verified=False, metrics={},
+                                        finished=time.time(), train_s=None, eval_s=None,
+                                        log_tail=read_tail(exp_dir / "run.log", self.config.tail_lines),
+                                        fingerprint=None, decision="discard", decision_reason=failure)
+                notes.append(f"experiment {exp_id} had started but was never recorded; recorded as crash")
+            else:
+                if commit is not None:
+                    self.repo.delete_ref(self._ref(exp_id), commit)
+                shutil.rmtree(exp_dir, ignore_errors=True)
+                notes.append(f"removed the never-started experiment {exp_id}")
+        for note in notes:
+            self.audit.append("server", "recovery", status="ok", summary={"note": note})
+        return "; ".join(notes) or None
 
     # ---- integrity ----
 
@@ -234,8 +461,8 @@ class Engine:
             )
         mutable = set(self.config.mutable)
         runs_rel = self._runs_rel()
-        stray = [p for p in self.repo.dirty_paths()
-                 if p not in mutable and not (runs_rel and (p == runs_rel or p.startswith(runs_rel + "/")))]
+        stray = [p for p in self.repo.worktree_changes(expected, [runs_rel] if runs_rel else [])
+                 if p not in mutable and not is_agent_config(self.config.workspace, p)]
         if stray:
             raise Refusal(
                 f"files other than the mutable ones ({', '.join(self.config.mutable)}) differ from the last commit: "
@@ -264,9 +491,17 @@ class Engine:
         except ValueError:
             return None
 
-    def _expected_tip(self, experiments: list[Experiment]) -> str:
-        kept = [e for e in experiments if e.decision == "keep" and e.kept_commit]
-        return max(kept, key=lambda e: e.id).kept_commit if kept else self.run.base_commit  # type: ignore[return-value]
+    def _expected_tip(self, experiments: list[Experiment] | None = None) -> str:
+        """Where the server left the branch: the last kept experiment's commit, else the run's base (from the
+        ledger's index; `experiments` is accepted for callers that hold a list and is not needed)."""
+        return self.ledger.last_kept_commit() or self.run.base_commit
+
+    def _history(self) -> list[Experiment]:
+        """The experiments the rules look at, without reading the whole ledger: the baseline, the best kept, the
+        last kept with its branch commit and the pending one, in id order. `history.baseline`, `best_kept` and
+        `pending` and `_expected_tip` give the same answers on it as on the full list."""
+        picked = {e.id: e for e in (self.ledger.baseline(), self.ledger.best_kept(), self.ledger.pending()) if e}
+        return [picked[i] for i in sorted(picked)]
 
     # ---- run_experiment ----
 
@@ -280,8 +515,8 @@ class Engine:
                 raise Refusal(f"experiments of run {self.run.tag} must run sealed, but {self.unsealed_reason}. "
                               "A person must fix that, or create the run with `autoresearch init --allow-unsealed` "
                               "(results are then marked unsealed).")
-            experiments = self.ledger.experiments()
-            self._refuse_past_limits(len(experiments))
+            experiments = self._history()
+            self._refuse_past_limits(self.ledger.counts()["total"])
             waiting = history.pending(experiments)
             if waiting is not None:
                 raise Refusal(
@@ -306,10 +541,8 @@ class Engine:
 
     async def _run_locked(self, description: str, hypothesis: str | None, caller: str | None, parent: str,
                           diff: str, is_baseline: bool, experiments: list[Experiment]) -> RunExperimentResult:
-        exp_id = self.ledger.next_id()
+        exp_id = self._next_id()
         exp_dir = self.run_dir / "experiments" / f"{exp_id:04d}"
-        if exp_dir.exists():
-            shutil.rmtree(exp_dir)  # left by a server killed before it wrote inflight.json
         snapshot = exp_dir / "snapshot"
         for rel in self.config.mutable:
             src = self.config.workspace / rel
@@ -347,6 +580,7 @@ class Engine:
         plan = Plan(exp_id=exp_id, seed=seed, sealed=self.sealed, pins=self.run.pins,
                     data_sha256=dict(frozen.get("data_sha256") or {}),  # type: ignore[arg-type]
                     passed_env=dict(frozen.get("env") or {}))  # type: ignore[arg-type]
+        self._record_start(exp_id, description, parent, commit, is_baseline, caller)
         try:
             outcome = await execute(self.config, plan, paths, on_started, integrity_problems)
         except asyncio.CancelledError:
@@ -444,21 +678,26 @@ class Engine:
         if prefer not in ("keep_if_better", "revert"):
             raise InvalidArgument(f"prefer must be 'keep_if_better' or 'revert', got {prefer!r}")
         with self._experiment_lock():
-            experiments = self.ledger.experiments()
-            target = history.pending(experiments)
+            finished = self._finished_intent
+            if finished is not None and experiment_id in (None, finished.id):
+                return self._decision_result(finished, "completed the decision an interrupted call had started")
+            target = self.ledger.pending()
             if experiment_id is not None:
-                exp = next((e for e in experiments if e.id == experiment_id), None)
+                exp = self.ledger.get(experiment_id)
                 if exp is None:
-                    known = f"1..{max(e.id for e in experiments)}" if experiments else "none yet"
+                    top = self.ledger.max_id()
+                    known = f"1..{top}" if top else "none yet"
                     raise InvalidArgument(f"no experiment {experiment_id} (ids: {known}); call read_results")
                 if exp.decision is not None:
                     raise Refusal(
                         f"experiment {experiment_id} was already decided ({exp.decision}); "
                         + (f"experiment {target.id} is the one pending" if target else "nothing is pending")
-                        + ". Call commit_or_revert without experiment_id to restore the best code.")
+                        + (". Call commit_or_revert without experiment_id to decide it." if target else
+                           ". Call commit_or_revert with prefer='revert' (and no experiment_id) to restore the best "
+                           "code."))
                 target = exp
             tip = self.repo.branch_tip(self.run.branch)
-            best = history.best_kept(experiments)
+            best = self.ledger.best_kept()
             if target is None:
                 if prefer != "revert":
                     raise Refusal("no experiment is waiting for a decision. To discard your edits and return to the "
@@ -472,53 +711,69 @@ class Engine:
             assert target.metric is not None
             best_metric = best.metric if best else None
             improves = best_metric is not None and self.config.improves(target.metric, best_metric)
-            if prefer == "keep_if_better" and improves:
+            intent: dict[str, object] = {"experiment_id": target.id, "from_tip": tip, "time": _iso(time.time())}
+            observe_only = self.config.autonomy == "observe" and prefer == "keep_if_better" and improves
+            if prefer == "keep_if_better" and improves and not observe_only:
                 delta = target.metric - best_metric  # type: ignore[operator]
-                message = (f"{self.config.metric} {target.metric:.6f} ({delta:+.6f}) experiment {target.id}: "
-                           f"{target.description}")
-                kept = self.repo.advance_branch(self.run.branch, target.commit, message)
-                self.repo.restore_paths(kept, list(self.config.mutable))
-                self.ledger.append_decision(target.id, "keep", f"beats {best_metric:.6f} by {abs(delta):.6f}", kept)
-                return DecisionResult(experiment_id=target.id, decision="keep",
-                                      reason=f"{target.metric:.6f} beats the best {best_metric:.6f}",
-                                      commit=kept[:12], best=target.metric, best_id=target.id,
-                                      next_step="Kept. Edit with the next idea, then call run_experiment.")
-            reason = ("revert requested" if prefer == "revert" else
-                      f"{target.metric:.6f} does not beat the best {best_metric:.6f} by more than "
-                      f"{self.config.min_improvement:g}")
-            self.repo.restore_paths(tip, list(self.config.mutable))
-            self.ledger.append_decision(target.id, "discard", reason, None)
-            (self.run_dir / "experiments" / f"{target.id:04d}" / "checkpoint.pt").unlink(missing_ok=True)
-            return DecisionResult(experiment_id=target.id, decision="discard", reason=reason, commit=tip[:12],
-                                  best=best_metric, best_id=best.id if best else None,
-                                  next_step="Reverted to the best code. Try a different idea.")
+                intent.update(decision="keep", reason=f"beats {best_metric:.6f} by {abs(delta):.6f}",
+                              message=f"{self.config.metric} {target.metric:.6f} ({delta:+.6f}) experiment "
+                                      f"{target.id}: {target.description}")
+            else:
+                intent.update(decision="discard", reason=(
+                    "revert requested" if prefer == "revert" else
+                    f"{OBSERVE_PREFIX} {target.metric:.6f} beats the best {best_metric:.6f}; autonomy is 'observe', "
+                    "so nothing is kept (`autoresearch review` proposes it)" if observe_only else
+                    f"{target.metric:.6f} does not beat the best {best_metric:.6f} by more than "
+                    f"{self.config.min_improvement:g}"))
+            atomic_write_text(self.intent_path, json.dumps(intent))  # before anything moves: recovery finishes it
+            decided = self._apply_intent(intent)
+            assert decided is not None
+            if decided.decision == "keep" and self.config.autonomy == "auto-promote":
+                auto_promote(self.config, self.run, self.audit)  # within the written limits, else left for review
+            return self._decision_result(decided, None, best_before=best)
+
+    def _decision_result(self, exp: Experiment, note: str | None,
+                         best_before: Experiment | None = None) -> DecisionResult:
+        if exp.decision == "keep":
+            before = self.ledger.best_before(exp.id)
+            reason = (f"{exp.metric:.6f} beats the best {before:.6f}" if before is not None and exp.metric is not None
+                      else exp.decision_reason or "kept")
+            return DecisionResult(experiment_id=exp.id, decision="keep", reason=(note + ": " if note else "") + reason,
+                                  commit=(exp.kept_commit or exp.commit)[:12], best=exp.metric, best_id=exp.id,
+                                  next_step="Kept. Edit with the next idea, then call run_experiment.")
+        best = best_before or self.ledger.best_kept()
+        tip = self.repo.branch_tip(self.run.branch)
+        return DecisionResult(experiment_id=exp.id, decision="discard",
+                              reason=(note + ": " if note else "") + (exp.decision_reason or "discarded"),
+                              commit=tip[:12], best=best.metric if best else None, best_id=best.id if best else None,
+                              next_step="Reverted to the best code. Try a different idea.")
 
     # ---- read_results ----
 
     def read_results(self, last_n: int = 10, status: str | None = None,
                      experiment_id: int | None = None) -> ReadResultsResult:
+        """A view of the ledger whose cost follows what it shows (`last_n` rows), not the length of the run."""
         if not isinstance(last_n, int) or not 1 <= last_n <= 200:
             raise InvalidArgument(f"last_n must be an integer from 1 to 200, got {last_n!r}")
         if status is not None and status not in ("ok", "crash", "timeout", "invalid"):
             raise InvalidArgument(f"status must be one of ok, crash, timeout, invalid; got {status!r}")
-        experiments = self.ledger.experiments()
-        annotated = history.annotate(experiments)
-        rows = [a for a in annotated if status is None or a.experiment.status == status][-last_n:]
+        ledger = self.ledger
+        rows = [history.Annotated(e, ledger.best_before(e.id)) for e in ledger.last(last_n, status)]
         detail = None
         if experiment_id is not None:
-            match = next((a for a in annotated if a.experiment.id == experiment_id), None)
-            if match is None:
-                known = f"1..{experiments[-1].id}" if experiments else "none yet"
+            e = ledger.get(experiment_id)
+            if e is None:
+                top = ledger.max_id()
+                known = f"1..{top}" if top else "none yet"
                 raise InvalidArgument(f"no experiment {experiment_id} (ids: {known})")
-            e = match.experiment
             diff = e.diff if len(e.diff) <= MAX_DIFF_CHARS else e.diff[:MAX_DIFF_CHARS] + "\n... (diff cut)"
             detail = ExperimentDetail(id=e.id, description=e.description, hypothesis=e.hypothesis, status=e.status,
-                                      failure=e.failure, metrics=e.metrics, decision=match.decision,  # type: ignore[arg-type]
+                                      failure=e.failure, metrics=e.metrics, decision=e.decision or "pending",  # type: ignore[arg-type]
                                       decision_reason=e.decision_reason, commit=e.commit[:12], parent=e.parent[:12],
                                       diff=diff, log_tail=_bounded_tail(e.log_tail))
-        base = history.baseline(experiments)
-        best = history.best_kept(experiments)
-        waiting = history.pending(experiments)
+        base = ledger.baseline()
+        best = ledger.best_kept()
+        waiting = ledger.pending()
         current = self.in_flight()
         return ReadResultsResult(
             tag=self.run.tag, metric_name=self.config.metric, direction=self.config.direction,
@@ -526,7 +781,7 @@ class Engine:
             else None,
             best=Reference(id=best.id, metric=best.metric, commit=(best.kept_commit or best.commit)[:12])
             if best and best.metric is not None else None,
-            counts=history.counts(experiments), pending_id=waiting.id if waiting else None,
+            counts=ledger.counts(), pending_id=waiting.id if waiting else None,
             in_flight_id=current.id if current else None, violations=self.violations_count(),
             experiments=[ExperimentRow(id=a.experiment.id, status=a.experiment.status, metric=a.experiment.metric,
                                        delta=a.delta, decision=a.decision, description=a.experiment.description,  # type: ignore[arg-type]

@@ -3,10 +3,17 @@
 Every experiment is recorded as a commit under ``refs/autoresearch/...`` built from a temporary index, so recording
 never touches HEAD, the branch, the user's index or the working tree: the agent keeps editing while history grows
 beside it. Only a kept experiment moves the branch (``advance_branch``).
+
+Every git command runs with hooks disabled (``-c core.hooksPath=/dev/null``): a hook is code in the workspace's
+``.git`` that the agent could have written, and it must never run inside the server's own calls (a
+``reference-transaction`` hook could otherwise re-point the refs the server just wrote). The repository check does not
+trust git's own view of the work tree either: ``worktree_changes`` hashes the files and compares them with the
+commit's tree, so ``.git/info/exclude``, ``--skip-worktree`` and ``--assume-unchanged`` hide nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -21,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 FALLBACK_NAME = "autoresearch"
 FALLBACK_EMAIL = "autoresearch@localhost"
+NO_HOOKS = ("-c", "core.hooksPath=/dev/null")  # prefixed to every git command the server runs
 
 
 class GitError(RuntimeError):
@@ -50,7 +58,7 @@ class GitRepo:
         """Run ``git args...`` in the workspace; ``raw`` keeps the output byte-exact (no newline stripping)."""
         try:
             out = self._repo.git.execute(
-                ["git", *args], env=dict(env) if env else None, strip_newline_in_stdout=not raw
+                ["git", *NO_HOOKS, *args], env=dict(env) if env else None, strip_newline_in_stdout=not raw
             )
         except git.GitCommandError as exc:
             stderr = (exc.stderr or "").strip().removeprefix("stderr:").strip().strip("'")
@@ -62,7 +70,8 @@ class GitRepo:
 
     def _ok(self, *args: str) -> bool:
         """True when ``git args...`` exits 0 (for questions whose answer is the exit status)."""
-        status, _, _ = self._repo.git.execute(["git", *args], with_exceptions=False, with_extended_output=True)
+        status, _, _ = self._repo.git.execute(["git", *NO_HOOKS, *args], with_exceptions=False,
+                                              with_extended_output=True)
         return status == 0
 
     @staticmethod
@@ -87,7 +96,8 @@ class GitRepo:
     def current_branch(self) -> str | None:
         """The checked-out branch's short name, or None when HEAD is detached."""
         status, out, _ = self._repo.git.execute(
-            ["git", "symbolic-ref", "--quiet", "--short", "HEAD"], with_exceptions=False, with_extended_output=True
+            ["git", *NO_HOOKS, "symbolic-ref", "--quiet", "--short", "HEAD"], with_exceptions=False,
+            with_extended_output=True
         )
         return str(out).strip() if status == 0 else None
 
@@ -155,6 +165,55 @@ class GitRepo:
             if len(entry) > 3 and entry[3:] not in paths:
                 paths.append(entry[3:])
         return sorted(paths)
+
+    def worktree_changes(self, commit: str, skip: Iterable[str] = ()) -> list[str]:
+        """Paths whose working copy differs from ``commit``: every file of its tree is hashed from disk and compared
+        with the tree entry, then files git would list as untracked are added, with only the project's
+        ``.gitignore`` files honoured (not ``.git/info/exclude`` or ``core.excludesFile``). Index flags
+        (``--skip-worktree``, ``--assume-unchanged``) play no part. ``skip``: path prefixes to leave out (``runs``)."""
+        prefixes = tuple(p.rstrip("/") for p in skip)
+
+        def skipped(rel: str) -> bool:
+            return any(rel == p or rel.startswith(p + "/") for p in prefixes)
+
+        tree = self._repo.commit(self.resolve(commit)).tree
+        tracked: set[str] = set()
+        changed: list[str] = []
+        for item in tree.traverse():
+            if item.type != "blob" or skipped(item.path):
+                continue
+            tracked.add(item.path)
+            current = self._worktree_entry(item.path)
+            if current is None or (current[0] == 0o120000) != (int(item.mode) == 0o120000) \
+                    or _blob_sha(current[1]) != item.binsha:
+                changed.append(item.path)
+        index_and_others = self._git("ls-files", "-z", "--cached", "--others", "--exclude-per-directory=.gitignore",
+                                     raw=True)
+        for rel in index_and_others.split("\0"):
+            if rel and rel not in tracked and not skipped(rel) and self._worktree_entry(rel) is not None:
+                changed.append(rel)
+        return sorted(set(changed))
+
+    def ref_exists(self, ref: str) -> bool:
+        return self._ok("show-ref", "--verify", "--quiet", ref)
+
+    def parent_and_tree(self, commit: str) -> tuple[str | None, str]:
+        """(first parent or None, tree) of ``commit``."""
+        tree = self._git("rev-parse", "--verify", f"{commit}^{{tree}}")
+        status, out, _ = self._repo.git.execute(["git", *NO_HOOKS, "rev-parse", "--verify", "--quiet", f"{commit}^1"],
+                                                with_exceptions=False, with_extended_output=True)
+        return (str(out).strip() if status == 0 else None), tree
+
+    def message_of(self, commit: str) -> str:
+        """The first line of ``commit``'s message."""
+        return self._git("log", "-1", "--format=%s", commit, "--")
+
+    def delete_ref(self, ref: str, expected: str | None = None) -> None:
+        """Delete ``ref`` (only while it still points at ``expected`` when given); a missing ref is not an error."""
+        if not ref.startswith("refs/") or ref.startswith("refs/heads/"):
+            raise GitError(f"refusing to delete {ref!r}: only refs outside refs/heads/ are removed this way")
+        if self.ref_exists(ref):
+            self._git("update-ref", "-d", ref, *([expected] if expected else []))
 
     def refs_under(self, prefix: str) -> dict[str, str]:
         """Refs whose full name starts with ``prefix`` (e.g. ``refs/autoresearch/tag/``), mapped to their shas."""
@@ -280,3 +339,8 @@ class GitRepo:
                 logger.info("no git %s configured; setting %r in %s/.git/config", key, fallback, self.workspace)
                 self._git("config", "--local", key, fallback)
         self._identity_checked = True
+
+
+def _blob_sha(content: bytes) -> bytes:
+    """The binary sha1 git gives a blob with these bytes (what a tree entry holds)."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).digest()

@@ -6,7 +6,14 @@ Secure by default, because an open port is reachable by more than the agent it w
 - every request is checked before the SDK sees it: the Host header must name the bound address (a browser tricked by DNS
   rebinding sends the attacker's name), a browser's Origin must be this server, the token must match (compared in
   constant time) and the body must fit in `MAX_BODY_BYTES`;
-- each refusal is a JSON-RPC error body whose message says what to fix, with the HTTP status a client expects.
+- each refusal is a JSON-RPC error body whose message says what to fix, with the HTTP status a client expects. A
+  missing or wrong token is answered 403 without a `WWW-Authenticate` challenge, not 401: MCP clients (the Inspector,
+  Claude Code) answer a 401 by starting an OAuth flow this server does not offer, and the person never sees the
+  message about the token;
+- Host and Origin are compared without regard to letter case (DNS names and URL schemes are case-insensitive), and
+  the request is passed on with both lower-cased, so the SDK's exact-match check behind ours agrees with ours;
+- a connection must finish sending a request's headers within `HEADER_TIMEOUT_S` of opening (or of the previous
+  response), or it is answered 408 and closed: a client that never finishes cannot hold a connection open for ever.
 
 The SDK's own `TransportSecuritySettings` check is kept behind ours with the same allowed names, as a second line.
 All tool calls run in uvicorn's one event loop, so the engine's per-run lock still refuses a second concurrent
@@ -15,6 +22,7 @@ experiment exactly as it does on stdio.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -22,15 +30,18 @@ import logging
 import secrets
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+import h11
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from server.app import build_server
+from server.app import EngineSlot, build_server
 from server.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -40,6 +51,7 @@ MAX_BODY_BYTES = 1024 * 1024  # a tool call is a few hundred bytes; 1 MiB leaves
 MIN_TOKEN_CHARS = 16
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 GRACEFUL_SHUTDOWN_S = 5  # then open streams are cut, so an experiment in flight is killed and recorded
+HEADER_TIMEOUT_S = 10.0  # a real client sends its headers in one packet; 10 s covers a slow link
 
 
 class HttpSetupError(ValueError):
@@ -132,7 +144,6 @@ class HttpPolicy:
 class Rejection:
     status: int
     message: str
-    www_authenticate: str | None = None
 
     def body(self) -> bytes:
         # JSON-RPC shaped, so MCP clients show the message instead of a bare status line
@@ -141,8 +152,6 @@ class Rejection:
 
     async def send(self, send: Send) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body())).encode())]
-        if self.www_authenticate:
-            headers.append((b"www-authenticate", self.www_authenticate.encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body()})
 
@@ -162,14 +171,19 @@ def check_headers(policy: HttpPolicy, headers: Headers) -> Rejection | None:
         return None
     scheme, _, given = (headers.get("authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
-        return Rejection(401, "missing bearer token: send the header 'Authorization: Bearer <token>' with the token "
-                              "printed when the server started (or the one passed with --token)",
-                         'Bearer realm="autoresearch"')
+        return Rejection(403, "missing bearer token: this autoresearch server needs the header 'Authorization: "
+                              "Bearer <token>' with the token printed when the server started (or the one passed "
+                              "with --token); it does not offer OAuth")
     if not hmac.compare_digest(given.strip().encode(), policy.token.encode()):
-        return Rejection(401, "wrong bearer token: use the token printed when the server started (or the one passed "
-                              "with --token) in 'Authorization: Bearer <token>'",
-                         'Bearer realm="autoresearch", error="invalid_token"')
+        return Rejection(403, "wrong bearer token: use the token printed when the server started (or the one passed "
+                              "with --token) in 'Authorization: Bearer <token>'; this server does not offer OAuth")
     return None
+
+
+def _normalized(scope: Scope) -> Scope:
+    """The scope with Host and Origin lower-cased, so every check after ours sees the names ours accepted."""
+    headers = [(k, v.lower() if k in (b"host", b"origin") else v) for k, v in scope.get("headers", [])]
+    return {**scope, "headers": headers}
 
 
 def _too_large(limit: int) -> Rejection:
@@ -221,7 +235,7 @@ class HttpGuard:
         async def replay() -> Message:
             return pending.pop(0) if pending else await receive()
 
-        await self.app(scope, replay, send)
+        await self.app(_normalized(scope), replay, send)
 
     @staticmethod
     async def _refuse(scope: Scope, rejection: Rejection, send: Send) -> None:
@@ -230,14 +244,34 @@ class HttpGuard:
         await rejection.send(send)
 
 
-def build_http_app(engine: Engine, *, host: str, port: int, token: str | None,
-                   max_body_bytes: int = MAX_BODY_BYTES) -> ASGIApp:
-    """The MCP app at `/mcp` behind `HttpGuard`; `token` is enforced as given (see `decide_token` for the default)."""
+# Given the policy in force, an ASGI app for every path outside /mcp; it must apply the policy itself (HttpGuard).
+MountFactory = Callable[[HttpPolicy], ASGIApp]
+
+
+class _MountBesideMcp:
+    """`/mcp` (and lifespan events) to the guarded tools, every other path to the mounted app."""
+
+    def __init__(self, mcp: ASGIApp, other: ASGIApp) -> None:
+        self.mcp, self.other = mcp, other
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "lifespan" or path == MCP_PATH or path.startswith(MCP_PATH + "/"):
+            await self.mcp(scope, receive, send)
+        else:
+            await self.other(scope, receive, send)
+
+
+def build_http_app(engine: Engine | EngineSlot, *, host: str, port: int, token: str | None,
+                   max_body_bytes: int = MAX_BODY_BYTES, mount: MountFactory | None = None) -> ASGIApp:
+    """The MCP app at `/mcp` behind `HttpGuard`; `token` is enforced as given (see `decide_token` for the default).
+    `mount` serves another app (the harness's dashboard) at the other paths, built from the same policy."""
     policy = HttpPolicy.for_bind(host, port, token, max_body_bytes)
     server = build_server(engine)
     app = server.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=policy.sdk_settings(),
                                      max_request_body_size=max_body_bytes, host=host)
-    return HttpGuard(app, policy)
+    guarded = HttpGuard(app, policy)
+    return guarded if mount is None else _MountBesideMcp(guarded, mount(policy))
 
 
 def display_url(host: str, port: int) -> str:
@@ -251,18 +285,72 @@ def announce_token(url: str, token: str, stream: TextIO | None = None) -> None:
           f"'Authorization: Bearer {token}'", file=stream or sys.stderr, flush=True)
 
 
+class HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on request headers (uvicorn itself waits for them for ever).
+
+    The timer runs from the moment the connection opens, and again from the end of each response, until h11 has
+    parsed a whole request line and headers; when it fires first, the client gets a 408 and the connection closes.
+    """
+
+    header_timeout_s: float = HEADER_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout_s,
+                                                                               self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # a request's headers arrived (or the connection is over)
+            self._cancel_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        log.warning("closed a connection from %s that sent no complete request headers within %.0f s",
+                    "%s:%s" % self.client if self.client else "unknown", self.header_timeout_s)
+        body = Rejection(408, f"request headers not complete within {self.header_timeout_s:g} s; send the whole "
+                              "request at once").body()
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.transport.close()
+
+
 def uvicorn_config(app: ASGIApp, *, host: str, port: int) -> uvicorn.Config:
-    """uvicorn as the server runs it: our logging (stderr and server.log), no access log, bounded shutdown."""
+    """uvicorn as the server runs it: our logging (stderr and server.log), no access log, bounded shutdown, a
+    deadline on request headers."""
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     return uvicorn.Config(app, host=host.strip("[]"), port=port, log_config=None, access_log=False,
-                          lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
+                          lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False,
+                          http=HeaderTimeoutProtocol)
 
 
-def serve_http(engine: Engine, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> int:
+def serve_http(engine: Engine | EngineSlot, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+               mount: MountFactory | None = None) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit status (2 when the address or token is unusable)."""
     try:
         decision = decide_token(host, token)
-        app = build_http_app(engine, host=host, port=port, token=decision.token)
+        app = build_http_app(engine, host=host, port=port, token=decision.token, mount=mount)
     except HttpSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -124,10 +124,16 @@ def _end_of_last_whole_line(fd: int, size: int) -> int:
     return 0
 
 
-def append_unlocked(path: os.PathLike[str] | str, record: Mapping[str, Any]) -> None:
-    """`append_record` for a caller that already holds `locked(path)` (lets it read, decide and write atomically)."""
+def append_unlocked(path: os.PathLike[str] | str, record: Mapping[str, Any]) -> int:
+    """`append_record` for a caller that already holds `locked(path)` (lets it read, decide and write atomically).
+    Returns the byte offset the line was written at."""
+    return append_bytes_unlocked(path, encode_record(record))
+
+
+def append_bytes_unlocked(path: os.PathLike[str] | str, data: bytes) -> int:
+    """Durably append `data` (whole lines) under a lock the caller holds; returns the offset it starts at. A failed
+    or short write is truncated back, so the file never keeps half of it."""
     p = Path(path)
-    data = encode_record(record)
     repair_torn_tail_unlocked(p)
     created = not p.exists()
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -150,6 +156,7 @@ def append_unlocked(path: os.PathLike[str] | str, record: Mapping[str, Any]) -> 
         os.close(fd)
     if created:
         _fsync_dir(p.parent)
+    return before
 
 
 def _truncate_back(fd: int, path: Path, size: int) -> None:
@@ -240,3 +247,63 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_whole_lines_from(path: os.PathLike[str] | str,
+                          offset: int) -> tuple[list[tuple[int, bytes]], int, tuple[int, int] | None]:
+    """The whole lines appended since byte `offset`, each with the offset it starts at, the offset just past the
+    last whole line (-1 when the file is now shorter than `offset`), and the file's identity (device, inode), None
+    when it does not exist. A torn final fragment is
+    left for the next read. The cost is the size of what was appended, not of the file."""
+    try:
+        fd = os.open(Path(path), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return [], 0, None
+    try:
+        st = os.fstat(fd)
+        identity = (st.st_dev, st.st_ino)
+        if st.st_size < offset:
+            return [], -1, identity  # truncated below `offset`: the caller must read it again from the start
+        if st.st_size == offset:
+            return [], offset, identity
+        chunks = []
+        pos = offset
+        while pos < st.st_size:
+            chunk = os.pread(fd, min(st.st_size - pos, 1 << 24), pos)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            pos += len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    end = data.rfind(b"\n") + 1
+    lines: list[tuple[int, bytes]] = []
+    start = 0
+    while start < end:
+        stop = data.index(b"\n", start)
+        lines.append((offset + start, data[start:stop]))
+        start = stop + 1
+    return lines, offset + end, identity
+
+
+def read_at(path: os.PathLike[str] | str, offset: int, length: int) -> bytes:
+    """`length` bytes of `path` from `offset` (one known line, without reading the rest of the file)."""
+    fd = os.open(Path(path), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def remove_temp_files(directory: os.PathLike[str] | str, names: list[str]) -> list[Path]:
+    """Delete the temporary files `atomic_write_text` leaves when killed mid-write (`.<name>.*.tmp`) for the given
+    file names. Call only while holding the locks under which those files are written."""
+    removed = []
+    d = Path(directory)
+    for name in names:
+        for tmp in d.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed

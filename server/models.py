@@ -1,12 +1,24 @@
-"""What the three tools return. Compact on purpose: Claude Code hands `structuredContent` to the model verbatim."""
+"""What the three tools return. Compact on purpose: Claude Code hands `structuredContent` to the model verbatim.
+
+Deltas are differences of two floats and carry binary noise (0.96 - 1.0 is -0.040000000000000036); they are rounded
+to 12 significant digits, far below any metric's precision, so the agent and the person read -0.04.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 Status = Literal["ok", "crash", "timeout", "invalid"]
+
+
+def round_delta(value: float | None) -> float | None:
+    """`value` to 12 significant digits (None stays None)."""
+    return None if value is None else float(f"{value:.12g}")
+
+
+Delta = Annotated[float | None, AfterValidator(round_delta)]
 
 
 class RunExperimentResult(BaseModel):
@@ -16,7 +28,7 @@ class RunExperimentResult(BaseModel):
     metric: float | None = Field(description="The verified metric of this run (None when it failed).")
     verified: bool = Field(description="False only in compatibility mode, where train.py printed the metric itself.")
     best: float | None = Field(description="The best kept metric before this run (None before the baseline).")
-    delta: float | None = Field(description="metric - best; negative is better when the direction is minimize.")
+    delta: Delta = Field(description="metric - best; negative is better when the direction is minimize.")
     would_keep: bool = Field(description="True when commit_or_revert will keep this change.")
     decision: Literal["keep", "discard", "pending"]
     duration_s: float
@@ -31,7 +43,7 @@ class ExperimentRow(BaseModel):
     id: int
     status: Status
     metric: float | None
-    delta: float | None = Field(description="metric minus the best kept metric before this experiment.")
+    delta: Delta = Field(description="metric minus the best kept metric before this experiment.")
     decision: Literal["keep", "discard", "pending"]
     description: str
     verified: bool = True

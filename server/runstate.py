@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from server.agent_files import is_agent_config
 from server.config import Config, config_from_table, expand_env_refs
 from server.gitrepo import GitRepo
 from server.sandbox import probe as sandbox_probe
@@ -42,10 +43,12 @@ class RunInfo:
     created_at: str
     run_dir: Path
     frozen: dict[str, object] | None = None  # the configuration that governs this run (see frozen_config)
+    base_branch: str | None = None  # the branch checked out at init (None: a detached HEAD, or an older run)
 
     def to_json(self) -> dict[str, object]:
         return {
             "frozen": self.frozen,
+            "base_branch": self.base_branch,
             "tag": self.tag,
             "branch": self.branch,
             "base_commit": self.base_commit,
@@ -66,6 +69,7 @@ class RunInfo:
             created_at=str(data["created_at"]),
             run_dir=run_dir,
             frozen=data.get("frozen"),  # type: ignore[arg-type]
+            base_branch=str(data["base_branch"]) if data.get("base_branch") else None,
         )
 
 
@@ -187,7 +191,7 @@ def init_run(config: Config, tag: str, *, allow_unsealed: bool = False) -> RunIn
     if (run_dir / "run.json").exists():
         raise RunError(f"{run_dir} already holds a run: choose another tag or delete that folder")
     _ensure_runs_ignored(config)
-    dirty = [p for p in repo.dirty_paths() if not _inside(config, p)]
+    dirty = [p for p in repo.dirty_paths() if not _inside(config, p) and not is_agent_config(config.workspace, p)]
     if dirty:
         shown = ", ".join(dirty[:8]) + (" ..." if len(dirty) > 8 else "")
         raise RunError(
@@ -202,6 +206,7 @@ def init_run(config: Config, tag: str, *, allow_unsealed: bool = False) -> RunIn
                            "train.py could then forge its score; results are marked unsealed), pass "
                            "--allow-unsealed to init")
     base = repo.head_commit()
+    base_branch = repo.current_branch()  # where `autoresearch promote` lands the approved changes
     pins = pin_files(repo, config.locked, base)
     repo.create_branch(branch, base)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -216,6 +221,7 @@ def init_run(config: Config, tag: str, *, allow_unsealed: bool = False) -> RunIn
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         run_dir=run_dir,
         frozen=frozen,
+        base_branch=base_branch,
     )
     atomic_write_text(run_dir / "run.json", json.dumps(info.to_json(), indent=2) + "\n")
     set_current(config, tag)

@@ -39,3 +39,11 @@ def _private_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     """Person-only files (holdout scores, raw evaluation logs) go to a temporary folder, never the user's."""
     if "AUTORESEARCH_PRIVATE_DIR" not in os.environ:
         monkeypatch.setenv("AUTORESEARCH_PRIVATE_DIR", str(tmp_path_factory.mktemp("private")))
+
+
+@pytest.fixture(autouse=True)
+def _audit_keys_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run keys of the audit chain go to a folder of the test's own, never the user's ~/.config."""
+    keys = tmp_path_factory.mktemp("keys")
+    monkeypatch.setenv("AUTORESEARCH_KEY_DIR", str(keys))
+    return keys

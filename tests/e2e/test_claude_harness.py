@@ -377,3 +377,38 @@ def _inflight_id(harness: HarnessProcess) -> int | None:
     except (OSError, ValueError):
         return None
     return data.get("id") if data.get("pgid") else None
+
+
+def test_a_repository_left_detached_with_a_stray_commit_is_repaired_by_the_harness_and_the_loop_continues(
+        bench_factory: Callable[..., Bench]) -> None:
+    bench = bench_factory()
+    ws = bench.workspace
+    broken: list[str] = []
+
+    def break_the_repository(brain: Brain) -> bool:
+        """After the baseline: a commit the server never made, then HEAD detached (as a shell command could)."""
+        if brain.experiments_returned() < 1 or broken:
+            return False
+        branch = git(ws, "symbolic-ref", "--short", "HEAD")
+        git(ws, "commit", "-q", "--allow-empty", "-m", "stray")
+        broken.append(git(ws, "rev-parse", "HEAD"))
+        git(ws, "checkout", "-q", "--detach")
+        broken.append(branch)
+        return True
+
+    brain = Brain(ws, triggers=[Trigger(break_the_repository, [])])
+    harness = bench.start(bench.fake(brain), "--max-experiments", "2")
+
+    assert harness.wait_exit(RUN_LIMIT) == 0, harness.describe()
+
+    stray, branch = broken
+    experiments = harness.experiments()
+    assert [(e.id, e.status) for e in experiments] == [(1, "ok"), (2, "ok")], harness.describe()
+    assert git(ws, "symbolic-ref", "--short", "HEAD") == branch == run_branch(harness)
+    assert stray not in git(ws, "rev-list", branch)
+    repairs = [v for v in read_records(harness.run_dir / "violations.jsonl") if v["path"] == ".git"]
+    assert len(repairs) == 1 and f"stray commits {stray[:7]}" in repairs[0]["detail"], repairs
+    assert "a detached HEAD" in repairs[0]["detail"] and repairs[0]["experiment_id"] is None
+    assert any(r["summary"]["path"] == ".git" for r in audit_events(harness.audit(), actor="guard",
+                                                                    event="violation"))
+    verify(harness)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from server.audit import AuditLog
 from server.config import load_config
 from server.runstate import init_run
 
@@ -114,8 +115,37 @@ def test_the_inspector_lists_and_calls_the_tools_over_http_with_the_token(inspec
     check_tools_and_read_results(inspector_bin, target)
 
 
-def test_the_inspector_without_the_token_is_refused(inspector_bin: Path, http_server: str) -> None:
+def test_the_inspector_without_the_token_shows_the_servers_own_message(inspector_bin: Path, http_server: str,
+                                                                       tmp_path: Path) -> None:
     argv = [str(inspector_bin), "--cli", http_server, "--transport", "http", "--method", "tools/list"]
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and '"tools"' not in done.stdout
+    assert "missing bearer token" in output and "Authorization: Bearer <token>" in output, output[-2000:]
+    assert "OAuth requires" not in output, "a 401 would have sent the Inspector into an OAuth flow instead"
+
+
+def test_the_inspector_with_a_wrong_token_shows_the_servers_own_message(inspector_bin: Path, http_server: str,
+                                                                        tmp_path: Path) -> None:
+    argv = [str(inspector_bin), "--cli", http_server, "--transport", "http", "--method", "tools/list",
+            "--header", "Authorization: Bearer " + "w" * len(TOKEN)]
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "wrong bearer token" in output, output[-2000:]
+
+
+def test_the_inspector_sees_an_unknown_argument_refused_with_the_servers_message(inspector_bin: Path,
+                                                                                 run_workspace: Path) -> None:
+    target = ["--cwd", str(REPO_ROOT), sys.executable, "-m", "server", "serve", "--workspace", str(run_workspace),
+              "--tag", "t1"]
+    argv = [str(inspector_bin), "--cli", *target, "--method", "tools/call", "--tool-name", "read_results",
+            "--tool-arg", "last_n=5", "--tool-arg", "force=true"]
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "tools" not in done.stdout
-    assert "auth" in done.stderr.lower(), f"expected an authentication failure, got: {done.stderr[-2000:]}"
+    assert done.returncode != 0, "the Inspector exits non-zero on an is_error result"
+    called = json.loads(done.stdout)
+    assert called["isError"] is True
+    assert "read_results does not take 'force' (sent true)" in called["content"][0]["text"]
+    refused = [r for r in AuditLog(load_config(run_workspace).runs_dir / "t1" / "audit.jsonl").records()]
+    assert [(r.tool, r.status, r.args) for r in refused] == [("read_results", "refused", {"last_n": 5, "force": True})]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,11 @@ from server.jsonl import read_records
 from server.runstate import RunInfo, init_run
 
 WAIT_S = 10.0
+
+
+def git(ws: Path, *args: str, check: bool = True) -> str:
+    done = subprocess.run(["git", *args], cwd=ws, capture_output=True, text=True, check=check)
+    return done.stdout.strip()
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
@@ -176,3 +183,141 @@ def test_the_guard_command_repairs_until_terminated(setup: tuple[Config, RunInfo
         proc.kill()
     assert proc.returncode == 0, err
     assert "1 violation(s) repaired" in out
+
+
+# ---- permission bits, git's index and the run branch ----
+
+def test_a_chmod_000_of_the_locked_file_is_undone_on_its_event_and_recorded(
+        guarded: tuple[FileGuard, threading.Event, Path, bytes]) -> None:
+    guard, seen, workspace, original = guarded
+    target = workspace / "prepare.py"
+    mode = target.stat().st_mode & 0o7777
+
+    os.chmod(target, 0)
+
+    assert seen.wait(WAIT_S) and wait_for(lambda: target.stat().st_mode & 0o7777 == mode)
+    assert target.read_bytes() == original
+    (record,) = guard.violations
+    assert record["path"] == "prepare.py" and record["restored"] is True
+    assert f"mode changed from {mode:04o} to 0000; restored mode {mode:04o}" in record["detail"]
+
+
+def test_a_locked_file_already_unreadable_when_the_guard_starts_gets_gits_mode_back(
+        setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, _ = setup
+    target = config.workspace / "prepare.py"
+    os.chmod(target, 0)
+
+    with FileGuard(config, run, interval_s=0.05) as guard:
+        assert wait_for(lambda: target.stat().st_mode & 0o777 == 0o644)
+    assert any("mode changed from 0644 to 0000" in v["detail"] for v in guard.violations)
+
+
+@pytest.mark.parametrize("flag", ["--skip-worktree", "--assume-unchanged"])
+def test_index_flags_that_hide_a_tracked_file_from_git_are_cleared_and_recorded(
+        setup: tuple[Config, RunInfo, bytes], flag: str) -> None:
+    config, run, _ = setup
+    ws = config.workspace
+    git(ws, "update-index", flag, "autoresearch.toml")
+    assert not git(ws, "ls-files", "-v", "autoresearch.toml").startswith("H ")
+
+    with FileGuard(config, run, interval_s=0.05) as guard:
+        assert wait_for(lambda: git(ws, "ls-files", "-v", "autoresearch.toml").startswith("H "))
+        assert wait_for(lambda: bool(guard.violations))
+    (record,) = guard.violations
+    assert "git was told to ignore changes to autoresearch.toml" in record["detail"]
+    assert "cleared the flags" in record["detail"]
+    assert read_records(run.run_dir / "violations.jsonl")[0]["path"] == "autoresearch.toml"
+
+
+def test_a_stray_commit_on_the_run_branch_is_undone_and_the_pending_edit_is_kept(
+        setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, original = setup
+    ws = config.workspace
+    base = git(ws, "rev-parse", "HEAD")
+    (ws / "prepare.py").write_bytes(original + b"# forged\n")
+    (ws / "train.py").write_text("# the agent's edit\n")
+    git(ws, "commit", "-q", "-am", "stray")
+    stray = git(ws, "rev-parse", "HEAD")
+    (ws / "train.py").write_text("# the agent's next edit, not committed\n")
+
+    with FileGuard(config, run, interval_s=3600) as guard:
+        pass  # the check at start repairs it
+
+    assert git(ws, "rev-parse", run.branch) == base and git(ws, "symbolic-ref", "--short", "HEAD") == run.branch
+    assert (ws / "prepare.py").read_bytes() == original
+    assert (ws / "train.py").read_text() == "# the agent's next edit, not committed\n"
+    assert git(ws, "status", "--porcelain", "--untracked-files=no") == "M train.py"
+    repaired = [v for v in guard.violations if v["path"] == ".git"]
+    assert len(repaired) == 1 and f"stray commits {stray[:7]}" in repaired[0]["detail"]
+    assert f"put {run.branch} back at {base[:7]}" in repaired[0]["detail"]
+    audit = [r for r in AuditLog(run.run_dir / "audit.jsonl").records() if r.event == "violation"]
+    assert any(r.summary and r.summary["path"] == ".git" for r in audit)
+
+
+def test_a_detached_head_or_another_branch_is_put_back_on_the_run_branch(setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, _ = setup
+    ws = config.workspace
+    base = git(ws, "rev-parse", "HEAD")
+    git(ws, "checkout", "-q", "--detach")
+
+    with FileGuard(config, run, interval_s=0.05) as guard:
+        assert wait_for(lambda: git(ws, "symbolic-ref", "-q", "--short", "HEAD", check=False) == run.branch)
+        git(ws, "checkout", "-q", "main")
+        assert wait_for(lambda: git(ws, "symbolic-ref", "-q", "--short", "HEAD", check=False) == run.branch)
+        assert wait_for(lambda: len([v for v in guard.violations if v["path"] == ".git"]) == 2)
+    details = [v["detail"] for v in guard.violations if v["path"] == ".git"]
+    assert "a detached HEAD" in details[0] and "branch main, not on the run branch" in details[1]
+    assert git(ws, "rev-parse", "HEAD") == base
+
+
+def test_the_repository_is_left_alone_while_an_experiment_holds_the_lock(setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, _ = setup
+    ws = config.workspace
+    git(ws, "checkout", "-q", "--detach")
+    fd = os.open(run.run_dir / "experiment.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        guard = FileGuard(config, run, interval_s=3600)
+        assert guard.check_repository("test") == []
+        assert git(ws, "symbolic-ref", "-q", "HEAD", check=False) == ""
+    finally:
+        os.close(fd)
+    assert [v["path"] for v in guard.check_repository("test")] == [".git"]
+
+
+def test_a_changed_tracked_file_is_put_back_and_a_new_file_is_quarantined_so_experiments_can_go_on(
+        setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, _ = setup
+    ws = config.workspace
+    toml = (ws / "autoresearch.toml").read_bytes()
+    (ws / "autoresearch.toml").write_bytes(toml + b"\n# hard_timeout_s = 9999\n")
+    (ws / "json.py").write_text("import os  # planted\n")
+    (ws / "train.py").write_text("# the agent's pending edit\n")
+
+    with FileGuard(config, run, interval_s=3600) as guard:
+        pass  # the check at start repairs it
+
+    assert (ws / "autoresearch.toml").read_bytes() == toml
+    assert not (ws / "json.py").exists()
+    (moved,) = (run.run_dir / "quarantine").glob("*/json.py")
+    assert moved.read_text() == "import os  # planted\n"
+    assert (ws / "train.py").read_text() == "# the agent's pending edit\n"
+    assert git(ws, "status", "--porcelain") == "M train.py"
+    (record,) = [v for v in guard.violations if v["path"] == "."]
+    assert "differed from commit" in record["detail"] and "autoresearch.toml" in record["detail"]
+    assert "json.py" in record["detail"] and "quarantine" in record["detail"]
+
+
+def test_the_empty_read_only_files_the_shell_sandbox_mounts_over_are_left_alone(
+        setup: tuple[Config, RunInfo, bytes]) -> None:
+    config, run, _ = setup
+    ws = config.workspace
+    for name in (".mcp.json", "pyproject.toml", ".bashrc"):  # present only while a sandboxed command runs
+        (ws / name).touch()
+        os.chmod(ws / name, 0o444)
+
+    guard = FileGuard(config, run, interval_s=3600)
+
+    assert guard.check_repository("test") == []
+    assert all((ws / name).exists() for name in (".mcp.json", "pyproject.toml", ".bashrc"))

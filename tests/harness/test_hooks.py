@@ -208,3 +208,52 @@ def test_unreadable_hook_input_denies_the_tool_call(workspace: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "harness.hooks", "pre-tool-use"], input="{truncated",
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert proc.returncode == 0 and "could not read its input" in (denial(json.loads(proc.stdout)) or "")
+
+
+def test_every_hook_keeps_working_while_the_locked_file_is_missing(workspace: Path, run: RunInfo) -> None:
+    (workspace / "prepare.py").unlink()  # deleted; the file guard puts it back a moment later
+
+    assert hook("pre-tool-use", edit("train.py"), workspace)[1] is None
+    assert "prepare.py is locked" in (denial(hook("pre-tool-use", edit("prepare.py"), workspace)[1]) or "")
+    assert hook("pre-tool-use", bash("ls"), workspace, AUTORESEARCH_ALLOW_BASH="1")[1] is None
+    code, out, stderr = hook("post-tool-use", {"hook_event_name": "PostToolUse", "tool_name": "Read",
+                                               "tool_input": {"file_path": "train.py"}, "tool_response": "x"},
+                             workspace)
+    assert code == 0 and "Traceback" not in stderr
+    assert any(r.tool == "Read" for r in AuditLog(run.run_dir / "audit.jsonl").records())
+    assert (hook("stop", {"hook_event_name": "Stop"}, workspace)[1] or {}).get("decision") == "block"
+    start = hook("session-start", {"hook_event_name": "SessionStart", "source": "startup"}, workspace)[1]
+    assert start and "Edit only train.py" in start["hookSpecificOutput"]["additionalContext"]
+
+
+def test_a_call_to_a_tool_the_harness_does_not_know_is_recorded_and_left_to_the_permission_rules(
+        workspace: Path, run: RunInfo) -> None:
+    call = {"hook_event_name": "PreToolUse", "tool_name": "mcp__elsewhere__upload",
+            "tool_input": {"path": "prepare.py", "blob": "x" * 2000}}
+
+    assert hook("pre-tool-use", call, workspace)[1] is None
+    assert hook("pre-tool-use", {"hook_event_name": "PreToolUse", "tool_name": "Read",
+                                 "tool_input": {"file_path": "train.py"}}, workspace)[1] is None
+
+    records = [r for r in AuditLog(run.run_dir / "audit.jsonl").records() if r.actor == "hook"]
+    assert [(r.tool, r.status) for r in records] == [("mcp__elsewhere__upload", "unknown_tool")]
+    assert records[0].args and records[0].args["path"] == "prepare.py" and len(records[0].args["blob"]) < 600
+
+
+def test_a_module_planted_in_the_workspace_root_is_not_imported_by_the_hook_commands(
+        workspace: Path, run: RunInfo) -> None:
+    """A sandboxed shell may create new files in the workspace root; the hooks run there, outside any sandbox."""
+    marker = workspace.parent / "planted-module-ran"
+    for name in ("json.py", "logging.py", "dataclasses.py"):
+        (workspace / name).write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    (workspace / ".venv").symlink_to(Path(sys.prefix))
+    settings = json.loads((REPO / ".claude" / "settings.json").read_text(encoding="utf-8"))
+    command = settings["hooks"]["PreToolUse"][0]["hooks"][0]["command"]
+    env = {k: v for k, v in os.environ.items() if k not in ("AUTORESEARCH_ALLOW_BASH", "AUTORESEARCH_TAG")}
+    env.update({"CLAUDE_PROJECT_DIR": str(workspace), "PYTHONPATH": str(REPO)})
+
+    proc = subprocess.run(["bash", "-c", command], input=json.dumps(edit("prepare.py")), capture_output=True,
+                          text=True, env=env, timeout=60)
+
+    assert not marker.exists(), "a module in the workspace root ran inside the hook"
+    assert "prepare.py is locked" in (denial(json.loads(proc.stdout)) or ""), proc.stderr

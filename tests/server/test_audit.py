@@ -59,14 +59,19 @@ def test_a_chain_of_records_verifies_with_contiguous_seqs_and_a_matching_head(tm
     assert records[0].time == "2025-03-01T12:00:00.000Z"
 
 
-def test_record_hash_is_sha256_of_the_canonical_json_without_the_hash_field(tmp_path: Path) -> None:
+def test_record_hash_is_an_hmac_of_the_canonical_json_under_the_runs_key_kept_outside_the_run(tmp_path: Path) -> None:
     import hashlib
+    import hmac
 
-    rec = _log_with(tmp_path, 1).records()[0]
+    log = _log_with(tmp_path, 1)
+    rec = log.records()[0]
     body = rec.to_json()
     del body["hash"]
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    assert rec.hash == hashlib.sha256(canonical.encode()).hexdigest()
+    key = bytes.fromhex(log.key_path.read_text().strip())
+    assert rec.hash == hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+    assert rec.hash != hashlib.sha256(canonical.encode()).hexdigest()
+    assert not log.key_path.is_relative_to(tmp_path) and log.key_path.stat().st_mode & 0o777 == 0o600
     assert AuditRecord.from_json(rec.to_json()) == rec
 
 
@@ -83,7 +88,7 @@ def test_one_byte_changed_in_a_middle_line_is_named_as_altered_content(tmp_path:
 
     verdict = log.verify()
     assert not verdict.ok and verdict.first_bad_line == 17 and verdict.records == 16
-    assert verdict.message == "line 17 (seq 17): content altered: hash mismatch"
+    assert verdict.message.startswith("line 17 (seq 17): content altered: hash mismatch")
 
 
 def test_a_removed_line_is_named_as_a_gap_in_the_seqs(tmp_path: Path) -> None:
@@ -114,7 +119,7 @@ def test_a_record_replaced_by_a_freshly_hashed_forgery_is_caught_by_the_next_rec
     lines = _lines(log)
     original = AuditRecord.from_json(json.loads(lines[2]))
     forged = json.loads(lines[2]) | {"status": "error"}
-    forged["hash"] = AuditRecord.from_json(forged).computed_hash()
+    forged["hash"] = AuditRecord.from_json(forged).computed_hash(bytes.fromhex(log.key_path.read_text().strip()))
     assert forged["hash"] != original.hash
     lines[2] = json.dumps(forged).encode()
     _write_lines(log, lines)

@@ -117,12 +117,15 @@ def test_results_tsv_matches_the_original_format_byte_for_byte(tmp_path: Path) -
     expected = (
         "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
         "a1b2c3d\t0.997900\t43.0\tkeep\tbaseline\n"
-        "2c0ffee\t1.005123\t43.2\tdiscard\tincrease LR to 0.04\n"
         "3c0ffee\t0.000000\t0.0\tcrash\tdouble width\n"
         "4c0ffee\t0.000000\t2.0\tcrash\t[timeout] huge model second line\n"
         "5c0ffee\t0.000000\t2.0\tcrash\t[invalid] tokenizer hack\n"
+        "2c0ffee\t1.005123\t43.2\tdiscard\tincrease LR to 0.04\n"
         "f00dfee\t0.987100\t1.5\tkeep\t[unverified] gelu to relu^2\n"
-    )
+    )  # rows in the order the outcomes were decided, as the original loop appends them
+    assert (tmp_path / "results.tsv").read_bytes() == expected.encode()
+    (tmp_path / "results.tsv").unlink()
+    ledger.write_results_tsv()
     assert (tmp_path / "results.tsv").read_bytes() == expected.encode()
 
     (tmp_path / "results.tsv").unlink()
@@ -177,3 +180,62 @@ def test_a_process_killed_while_appending_experiments_leaves_a_readable_ledger(t
     ledger.append_experiment(dataclasses.replace(experiments[0], id=next_id))
     assert ledger.get(next_id) is not None
     assert all(json.loads(line) for line in (tmp_path / "experiments.jsonl").read_text().splitlines())
+
+
+def _view(ledger: Ledger) -> tuple[object, ...]:
+    return (ledger.experiments(), ledger.counts(), ledger.pending(), ledger.baseline(), ledger.best_kept(),
+            ledger.last_kept_commit(), [ledger.best_before(i) for i in range(1, 12)], ledger.last(3, "ok"))
+
+
+def _filled(tmp_path: Path) -> Ledger:
+    ledger = Ledger(tmp_path)
+    ledger.append_experiment(_exp(1, is_baseline=True, decision="keep", decision_reason="baseline",
+                                  kept_commit="b" * 40))
+    for i in range(2, 10):
+        ledger.append_experiment(_exp(i, status="crash" if i % 4 == 0 else "ok",
+                                      metric=None if i % 4 == 0 else 1.0 - i / 100))
+        ledger.append_decision(i, "keep" if i % 3 == 0 else "discard", "r", f"{i}" * 40 if i % 3 == 0 else None)
+    ledger.append_experiment(_exp(10))
+    return ledger
+
+
+def test_a_ledger_opened_from_its_index_shows_what_a_full_read_shows(tmp_path: Path) -> None:
+    expected = _view(_filled(tmp_path))
+    assert (tmp_path / "experiments.idx").exists()
+    assert _view(Ledger(tmp_path)) == expected
+    (tmp_path / "experiments.idx").unlink()
+    assert _view(Ledger(tmp_path)) == expected
+
+
+@pytest.mark.parametrize("damage", ["garbage", "stale", "shifted", "torn"])
+def test_a_damaged_or_stale_index_is_ignored_and_rebuilt_from_the_ledger(tmp_path: Path, damage: str) -> None:
+    ledger = _filled(tmp_path)
+    expected = _view(ledger)
+    index = tmp_path / "experiments.idx"
+    lines = index.read_bytes().splitlines(keepends=True)
+    if damage == "garbage":
+        index.write_bytes(b"not json\n" + b"".join(lines))
+    elif damage == "stale":
+        index.write_bytes(b"".join(lines[:-3]))
+    elif damage == "shifted":
+        row = json.loads(lines[4])
+        row[0] += 1
+        lines[4] = (json.dumps(row) + "\n").encode()
+        index.write_bytes(b"".join(lines))
+    else:
+        index.write_bytes(b"".join(lines)[:-7])
+    reopened = Ledger(tmp_path)
+    assert _view(reopened) == expected
+    reopened.append_decision(10, "discard", "r", None)
+    assert json.loads(index.read_bytes().splitlines()[-1])[2:4] == ["d", 10]
+    assert _view(Ledger(tmp_path)) == _view(reopened)
+
+
+def test_a_reader_sees_lines_another_process_appended_without_reading_the_file_again(tmp_path: Path) -> None:
+    reader = _filled(tmp_path)
+    reader.experiments()
+    writer = Ledger(tmp_path)
+    writer.append_decision(10, "keep", "better", "c" * 40)
+    writer.append_experiment(_exp(11))
+    assert reader.pending().id == 11 and reader.last_kept_commit() == "c" * 40
+    assert reader.counts()["total"] == 11

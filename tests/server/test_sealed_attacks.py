@@ -274,7 +274,10 @@ def test_an_exported_program_calling_an_untrusted_operator_is_refused(lab: Lab) 
               "        logits = torch.ops.evil.peek(self.lm_head(rms_norm(x)).float())")
     (lab.workspace / "train.py").write_text(custom)
     result = lab.call("run_experiment", {"description": "custom operator"})
-    assert result["status"] == "crash" and "trusted" in (result["log_tail"] or "")
+    # Refused when the program is loaded (the operator does not exist for the evaluator) or when it is checked.
+    tail = result["log_tail"] or ""
+    assert result["status"] == "crash" and ("not an operator of a trusted namespace" in tail or
+                                            "not a program saved by prepare.save_checkpoint" in tail), tail
     lab.revert(result)
 
 
@@ -378,7 +381,7 @@ def test_the_holdout_value_never_reaches_the_agent(lab: Lab) -> None:
     for value in values:
         seen = [text[max(0, text.find(value) - 80):text.find(value) + 20] for text in visible if value in text]
         assert seen == [], f"holdout value {value} is visible to the agent: {seen}"
-    assert not any("holdout_bpb" in text for text in visible)
+    assert "holdout" not in view and "holdout" not in detail
 
 
 def _cmdline_has(proc: Path, needle: bytes) -> bool:

@@ -51,7 +51,7 @@ async def test_the_loop_runs_through_the_tools_and_every_call_is_audited(workspa
         assert kept.structured_content["decision"] == "keep"
         view = await client.call_tool("read_results", {"last_n": 5})
         assert view.structured_content["best"]["id"] == 2
-    records = AuditLog(engine.run_dir / "audit.jsonl").records()
+    records = [r for r in AuditLog(engine.run_dir / "audit.jsonl").records() if r.event == "tool_call"]
     assert [r.tool for r in records] == ["run_experiment", "run_experiment", "commit_or_revert", "read_results"]
     assert all(r.actor == "server" and r.status == "ok" for r in records)
     assert records[1].args == {"description": "LR 0.3", "hypothesis": "closer to 0.3"}
@@ -118,7 +118,7 @@ async def test_the_tools_work_over_stdio_and_the_session_id_reaches_the_audit_lo
         assert base.structured_content["status"] == "ok"
         view = await client.call_tool("read_results", {})
         assert view.structured_content["baseline"]["id"] == 1
-    records = engine.audit.records()
+    records = [r for r in engine.audit.records() if r.event == "tool_call"]
     assert {r.session for r in records} == {"stdio-test"}
     assert "stdio-test" in records[0].summary["caller"]
 
