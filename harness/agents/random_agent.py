@@ -104,7 +104,9 @@ async def run_loop(options: AgentOptions, proposer: Proposer,
         command=options.python,
         args=["-m", "server", "serve", "--workspace", str(options.workspace), "--tag", options.tag,
               *options.extra_server_args],
-        env={"AUTORESEARCH_SESSION_ID": f"{proposer.name}-{options.seed}", "PYTHONPATH": _import_path()},
+        # The whole environment, not the MCP SDK's short default list: the server needs the run's settings
+        # (AUTORESEARCH_KEY_DIR for the audit key, AUTORESEARCH_CACHE and the data sizes, XDG_CONFIG_HOME).
+        env={**os.environ, "AUTORESEARCH_SESSION_ID": f"{proposer.name}-{options.seed}", "PYTHONPATH": _import_path()},
         cwd=str(options.workspace),
     )
     # The server's stderr goes to a file beside its log: the terminal shows the agent's progress, not the server's.
