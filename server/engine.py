@@ -87,6 +87,11 @@ class InFlight:
         return max(0.0, self.deadline - time.time())
 
 
+def _session() -> str | None:
+    """The agent session this server answers (set by the harness), so every server record names it."""
+    return os.environ.get("AUTORESEARCH_SESSION_ID")
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -228,7 +233,7 @@ class Engine:
                                     log_tail=tail, fingerprint=None, decision="discard",
                                     decision_reason=failure)
             note = f"experiment {exp_id} was interrupted by a server stop; recorded as crash"
-            self.audit.append("server", "recovery", status="ok",
+            self.audit.append("server", "recovery", session=_session(), status="ok",
                               summary={"experiment_id": exp_id, "killed_processes": killed})
         else:
             self._reseal(exp_id, "experiment")  # killed between the ledger line and its seal
@@ -263,7 +268,7 @@ class Engine:
             self._unsealed.append(line)
 
     def _append_seal(self, line: LedgerLine, status: str = "ok") -> None:
-        self.audit.append("server", "ledger_append", status=status, summary={
+        self.audit.append("server", "ledger_append", session=_session(), status=status, summary={
             "offset": line.offset, "length": len(line.data), "sha256": hashlib.sha256(line.data).hexdigest(),
             "type": line.kind, "experiment_id": line.experiment_id})
 
@@ -295,7 +300,7 @@ class Engine:
             log.warning("removed an unreadable %s", self.intent_path)
             return None
         exp = self._apply_intent(intent)
-        self.audit.append("server", "recovery", status="ok",
+        self.audit.append("server", "recovery", session=_session(), status="ok",
                           summary={"experiment_id": intent["experiment_id"], "decision": intent["decision"],
                                    "completed": exp is not None})
         return exp
@@ -354,7 +359,7 @@ class Engine:
         can run without a trace. When it cannot be written, the start is undone (snapshot ref, folder,
         inflight.json) and the error says why."""
         try:
-            self.audit.append("server", "experiment_started", status="ok", summary={
+            self.audit.append("server", "experiment_started", session=_session(), status="ok", summary={
                 "experiment_id": exp_id, "description": description, "parent": parent, "commit": commit,
                 "is_baseline": is_baseline, "caller": caller})
         except (OSError, AuditError) as exc:
@@ -407,7 +412,7 @@ class Engine:
                 shutil.rmtree(exp_dir, ignore_errors=True)
                 notes.append(f"removed the never-started experiment {exp_id}")
         for note in notes:
-            self.audit.append("server", "recovery", status="ok", summary={"note": note})
+            self.audit.append("server", "recovery", session=_session(), status="ok", summary={"note": note})
         return "; ".join(notes) or None
 
     # ---- integrity ----
@@ -416,7 +421,7 @@ class Engine:
         record = {"time": _iso(time.time()), "source": "server", "path": path, "when": when,
                   "experiment_id": experiment_id, "detail": description, "restored": True}
         append_record(self.violations_path, record)
-        self.audit.append("server", "violation", status="blocked", summary=record)
+        self.audit.append("server", "violation", session=_session(), status="blocked", summary=record)
 
     def _enforce_pins(self, when: str, experiment_id: int | None) -> list[str]:
         """Restore every locked file that differs from its pin; returns what was wrong (empty when all is well)."""
