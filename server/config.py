@@ -48,7 +48,7 @@ _TOP_KEYS = (
 _PROFILE_KEYS = tuple(k for k in _TOP_KEYS if k not in ("profile", "profiles"))
 _EVALUATE_KEYS = ("mode", "command", "timeout_s")
 _SANDBOX_KEYS = ("mode", "allow_unsealed", "startup_s", "clock", "memory_mb", "cpu_threads", "train_read", "eval_read",
-                 "pass_env", "max_artifact_mb")
+                 "pass_env", "max_artifact_mb", "eval_network", "eval_env")
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _REQUIRED = ("mutable", "command", "metric", "direction", "time_budget_s", "hard_timeout_s")
 # Who may move a run's result beyond its branch; top level only (a machine profile must not change who approves).
@@ -91,6 +91,8 @@ class SandboxConfig:
     eval_read: tuple[str, ...] = ()
     pass_env: tuple[str, ...] = ()
     max_artifact_mb: int = 8192
+    eval_network: bool = False  # the evaluation may reach the network (a target scored through a model API)
+    eval_env: tuple[str, ...] = ()  # variables read from the server's environment at each evaluation, never stored
 
 
 @dataclass(frozen=True)
@@ -515,9 +517,15 @@ def _sandbox(table: Any, v: _Validator, hard_timeout: Any) -> SandboxConfig:
                 raise v.fail(f"sandbox.{key}", item, f"an absolute path after expansion (got {path!r})")
             paths.append(os.path.normpath(path))
         reads[key] = tuple(paths)
-    pass_env = table.get("pass_env", [])
-    if not isinstance(pass_env, list) or not all(isinstance(x, str) and _ENV_NAME_RE.match(x) for x in pass_env):
-        raise v.fail("sandbox.pass_env", pass_env, "a list of environment variable names")
+    names: dict[str, tuple[str, ...]] = {}
+    for key in ("pass_env", "eval_env"):
+        raw = table.get(key, [])
+        if not isinstance(raw, list) or not all(isinstance(x, str) and _ENV_NAME_RE.match(x) for x in raw):
+            raise v.fail(f"sandbox.{key}", raw, "a list of environment variable names")
+        names[key] = tuple(raw)
+    network = table.get("eval_network", False)
+    if not isinstance(network, bool):
+        raise v.fail("sandbox.eval_network", network, "true or false")
     return SandboxConfig(
         mode=mode,  # type: ignore[arg-type]
         allow_unsealed=allow,
@@ -527,7 +535,9 @@ def _sandbox(table: Any, v: _Validator, hard_timeout: Any) -> SandboxConfig:
         cpu_threads=v.integer(table.get("cpu_threads", 0), "sandbox.cpu_threads", 0, os.cpu_count() or 1),
         train_read=reads["train_read"],
         eval_read=reads["eval_read"],
-        pass_env=tuple(pass_env),
+        pass_env=names["pass_env"],
+        eval_env=names["eval_env"],
+        eval_network=network,
         max_artifact_mb=v.integer(table.get("max_artifact_mb", 8192), "sandbox.max_artifact_mb", 1),
     )
 

@@ -206,7 +206,7 @@ def take_artifact(config: Config, paths: ExperimentPaths) -> str | None:
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        return "the command wrote no model (train.py must call prepare.save_checkpoint at the end of training)"
+        return None  # nothing to copy: the evaluation sees no model and says so (targets that score code need none)
     except OSError as exc:
         return f"the model the command wrote cannot be read as a plain file ({exc.strerror}); write a regular file"
     try:
@@ -317,15 +317,18 @@ async def _evaluate(cfg: Config, plan: Plan, paths: ExperimentPaths, train: Proc
     sandbox.prepare_writable(scratch, plan.sealed and os.geteuid() == 0)
     marker = uuid.uuid4().hex
     env = _base_env(cfg, plan, marker, INSIDE_SCRATCH if plan.sealed else str(scratch))
+    env.update({name: os.environ[name] for name in cfg.sandbox.eval_env if name in os.environ})
     try:
         if plan.sealed:
             argv = cfg.expand(cfg.evaluate.command, workspace=INSIDE_EVAL, pinned=INSIDE_EVAL,
                               checkpoint=INSIDE_MODEL, snapshot=INSIDE_SNAPSHOT, experiment_dir=INSIDE_SCRATCH)
             spec = sandbox.SandboxSpec(work=scratch, work_inside=INSIDE_SCRATCH, env=env,
                                        read_only=tuple(Path(p) for p in cfg.sandbox.eval_read),
-                                       binds=((eval_dir, INSIDE_EVAL), (paths.checkpoint, INSIDE_MODEL),
-                                              (paths.snapshot, INSIDE_SNAPSHOT)),
-                                       devices=sandbox.gpu_devices(), cpus=_cpus(cfg))
+                                       binds=((eval_dir, INSIDE_EVAL), (paths.snapshot, INSIDE_SNAPSHOT),
+                                              *(((paths.checkpoint, INSIDE_MODEL),) if paths.checkpoint.is_file()
+                                                else ())),
+                                       devices=sandbox.gpu_devices(), cpus=_cpus(cfg),
+                                       network=cfg.sandbox.eval_network)
             argv = sandbox.build_argv(spec, argv, cwd_inside=INSIDE_EVAL)
             launch_env: dict[str, str] | None = {"PATH": sandbox.SAFE_PATH}
             cwd = paths.experiment_dir

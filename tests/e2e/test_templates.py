@@ -93,6 +93,7 @@ def server_params(workspace: Path, tag: str, extra_env: dict[str, str] | None = 
     return StdioServerParameters(
         command=sys.executable, args=["-m", "server", "serve", "--workspace", str(workspace), "--tag", tag],
         env={"PYTHONPATH": str(REPO_ROOT), "HOME": os.environ["HOME"], "AUTORESEARCH_SESSION_ID": "scripted",
+             **{k: os.environ[k] for k in ("AUTORESEARCH_KEY_DIR", "AUTORESEARCH_PRIVATE_DIR") if k in os.environ},
              **(extra_env or {})},
         cwd=str(REPO_ROOT))
 

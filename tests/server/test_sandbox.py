@@ -82,12 +82,13 @@ def test_the_cpu_clock_stops_a_command_that_burns_cpu_past_its_budget(workspace:
     assert 1.5 <= (result.train_s or 0) < 6, "the recorded training time is the harness's CPU measurement"
 
 
-def test_a_command_that_writes_no_model_is_a_crash_that_says_what_to_call(workspace: Path) -> None:
+def test_a_command_that_writes_no_model_leaves_the_evaluation_without_one(workspace: Path) -> None:
     engine = make_engine(workspace)
     run(engine, "baseline")
     write_train(workspace, "os.environ.pop('AUTORESEARCH_CHECKPOINT', None)")
     result = run(engine, "forgets the checkpoint")
-    assert result.status == "crash" and "prepare.save_checkpoint" in (result.failure or "")
+    assert result.status == "crash" and "evaluation failed" in (result.failure or "")
+    assert "/exp/in/checkpoint" in (result.log_tail or ""), "the evaluator was asked for a model that is not there"
 
 
 def test_init_refuses_where_no_sandbox_can_be_made_unless_unsealed_runs_are_allowed(
