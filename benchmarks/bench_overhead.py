@@ -161,6 +161,8 @@ class Profile:
 
 def _git_label(_self: Any, command: Any, *args: Any, **kwargs: Any) -> str:
     words = [str(w) for w in command] if isinstance(command, (list, tuple)) else str(command).split()
+    while len(words) > 2 and words[1] == "-c":  # `git -c core.hooksPath=/dev/null rev-parse ...`
+        words = words[:1] + words[3:]
     return "git " + (words[1] if len(words) > 1 else "?")
 
 

@@ -501,7 +501,7 @@ class Report:
         return lines
 
 
-def check_run(ws: Path, report: Report, pinned_prepare: bytes) -> None:
+def check_run(ws: Path, report: Report, pinned_prepare: bytes, env: dict[str, str] | None = None) -> None:
     """Fill `report` from the run's files and append every broken invariant to `report.failures`."""
     run_dir = ws / "runs" / TAG
     fail = report.failures.append
@@ -525,7 +525,7 @@ def check_run(ws: Path, report: Report, pinned_prepare: bytes) -> None:
                               and r.get("event") == "tool_call")
 
     verify = subprocess.run([sys.executable, "-m", "harness.cli", "audit", "verify", "--workspace", str(ws), "--tag",
-                             TAG], cwd=ws, capture_output=True, text=True, timeout=120)
+                             TAG], cwd=ws, env=env, capture_output=True, text=True, timeout=120)
     if verify.returncode != 0:
         fail(f"`autoresearch audit verify` exit {verify.returncode}: {(verify.stdout + verify.stderr).strip()[:300]}")
 
@@ -656,7 +656,7 @@ def run_soak(root: Path, seed: int = 0, experiments: int = 50, timeout_s: float 
         report.failures.append(f"the harness exited {report.harness_exit}: {tail}")
     if report.supervisor.get("state") != "STOPPED":
         report.failures.append(f"the supervisor ended in state {report.supervisor.get('state')}, not STOPPED")
-    check_run(ws, report, pinned_prepare)
+    check_run(ws, report, pinned_prepare, harness_env(home, "http://127.0.0.1:9", claude))
     report.faults = plan.fired()
     total = len(report.experiments)
     report.survived = sum(1 for f in report.faults if total > f.recorded_before) if report.harness_exit == 0 else 0
