@@ -295,7 +295,7 @@ def build_server(source: Engine | EngineSlot) -> MCPServer:
     async def commit_or_revert(experiment_id: int | None = None, prefer: str = "keep_if_better",
                                ctx: Context | None = None) -> DecisionResult:
         async def call(engine: Engine, caller: str) -> DecisionResult:
-            return engine.commit_or_revert(experiment_id, prefer, caller)
+            return await engine.decide(experiment_id, prefer, caller)
 
         return await _audited(slot, "commit_or_revert", ctx, call)
 
