@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,9 +22,9 @@ from mcp import Client
 
 from helpers import FAKE_TARGET, REPO_ROOT, make_engine, make_workspace, set_constant
 from server.app import build_server
-from server.engine import Engine
+from server.config import ConfigError, load_config
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # each test runs 4 to 8 sealed experiments
+pytestmark = pytest.mark.anyio
 
 # The score is the fake target's plus a noise fixed by the run's seed: (seed % 101 - 50) / 5000, in [-0.01, +0.01],
 # so a test that picks the seeds knows every score, and one that does not still has a bounded noise.
@@ -81,6 +82,7 @@ def seeds(*values: int) -> Iterator[int]:
     raise AssertionError("the engine started more runs than the test planned")
 
 
+@pytest.mark.slow  # runs 4 to 8 experiments
 async def test_a_no_op_change_whose_one_run_looks_like_a_win_cannot_be_kept_through_the_tools(noisy: Path) -> None:
     engine = make_engine(noisy)
     # baseline 1.104 with noise 0, -0.002, +0.002 (floor 0.002); the no-op's first run draws -0.01 (1.094, "a win"),
@@ -107,6 +109,7 @@ async def test_a_no_op_change_whose_one_run_looks_like_a_win_cannot_be_kept_thro
     assert (noisy / "train.py").read_text(encoding="utf-8") == original
 
 
+@pytest.mark.slow  # runs 4 to 8 experiments
 async def test_a_no_op_change_within_the_floor_is_discarded_at_once_without_re_runs(noisy: Path) -> None:
     engine = make_engine(noisy)
     engine.next_seed = seeds(50, 40, 60, 49).__next__  # the no-op draws -0.0002: inside the floor, no confirmation
@@ -121,6 +124,7 @@ async def test_a_no_op_change_within_the_floor_is_discarded_at_once_without_re_r
     assert engine.ledger.max_id() == 4, "no confirmation runs for a result inside the floor"
 
 
+@pytest.mark.slow  # runs 4 to 8 experiments
 async def test_a_real_improvement_is_confirmed_by_re_runs_and_kept(noisy: Path) -> None:
     engine = make_engine(noisy)
     async with Client(build_server(engine)) as client:
@@ -144,6 +148,7 @@ async def test_a_real_improvement_is_confirmed_by_re_runs_and_kept(noisy: Path) 
     assert decision["runs"] == 3 and decision["noise_floor"] > 0
 
 
+@pytest.mark.slow  # runs 4 to 8 experiments
 async def test_confirmation_runs_count_in_max_experiments_and_a_candidate_that_cannot_be_confirmed_is_not_kept(
         noisy: Path) -> None:
     engine = make_engine(noisy)
@@ -184,6 +189,7 @@ def wait_for(predicate, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # runs 4 to 8 experiments
 def test_a_server_killed_mid_confirmation_is_completed_by_the_next_server_with_one_correct_decision(
         noisy: Path) -> None:
     engine = make_engine(noisy)
@@ -224,3 +230,31 @@ def test_a_server_killed_mid_confirmation_is_completed_by_the_next_server_with_o
     assert [e.status for e in repeats] == ["ok", "crash", "ok"], "only the missing confirmation ran again"
     assert [e.decision for e in restarted.ledger.experiments() if e.repeat_of is None] == ["keep", "keep"]
     assert_records_consistent(noisy, restarted)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("noise_runs = 0", "noise_runs = 0 is not allowed; expected an integer in 1..50"),
+    ("confirm_runs = -1", "confirm_runs = -1 is not allowed; expected an integer in 0..50"),
+    ("noise_k = -0.5", "noise_k = -0.5 is not allowed; expected a number >= 0"),
+    ("noise_runs = 2.5", "noise_runs = 2.5 is not allowed; expected an integer in 1..50"),
+])
+def test_a_bad_acceptance_setting_is_refused_naming_the_key_and_what_is_allowed(
+        tmp_path: Path, isolated_home: Path, line: str, message: str) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    toml = workspace / "autoresearch.toml"
+    toml.write_text(line + "\n" + toml.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(workspace)
+
+
+def test_without_acceptance_settings_a_run_keeps_one_baseline_run_and_no_confirmation(workspace: Path) -> None:
+    config = load_config(workspace)
+    assert (config.noise_runs, config.confirm_runs, config.noise_k) == (1, 0, 1.0)
+    assert config.margin(None) == 0.0 and config.margin(0.01) == pytest.approx(0.01)
+
+
+def test_the_shipped_cpu_profile_measures_the_floor_three_times_and_confirms_twice() -> None:
+    cpu = load_config(REPO_ROOT, profile="cpu")
+    assert (cpu.noise_runs, cpu.confirm_runs, cpu.noise_k) == (3, 2, 1.0)
+    assert (load_config(REPO_ROOT, profile="mps").noise_runs, load_config(REPO_ROOT, profile="mps").confirm_runs) \
+        == (2, 1)
