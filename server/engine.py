@@ -3,8 +3,15 @@
 - `run_experiment` refuses while a result is undecided, while a locked file differs from its pin, or while the
   repository is not as the engine left it; runs the configured command under the configured hard limit in its own
   process group; evaluates with the pinned evaluation; records one ledger line.
-- `commit_or_revert` applies the keep/revert rule itself: a change is kept only when its metric beats the best by more
-  than `min_improvement`.
+- `commit_or_revert` applies the keep/revert rule itself (honest acceptance, see `decide` and `_accept`): a change is
+  kept only when its metric beats the mean of the best's runs by more than max(min_improvement, noise_k x noise
+  floor), and, when `confirm_runs` > 0, only when the mean of its own runs (itself plus `confirm_runs` re-runs of its
+  snapshot with fresh seeds) still does. The noise floor is the sample standard deviation of the baseline's
+  `noise_runs` runs, measured once at the start of a run and never re-measured automatically: a re-measurement costs
+  `noise_runs` experiments, the spread it measures comes from the seed and the machine far more than from the code,
+  and a floor that moved during a night would make early and late decisions incomparable. A person who changes the
+  model a lot starts a new tag, which measures a new floor. Re-runs are ledger lines of their own (`repeat_of`), never
+  candidates, and count in every limit.
 - `read_results` is a compact view of the ledger.
 
 A kill -9 or a full disk at any moment leaves a state that recovery completes: `inflight.json` is written before the

@@ -21,6 +21,8 @@ import pytest
 from mcp import Client
 
 from helpers import FAKE_TARGET, REPO_ROOT, make_engine, make_workspace, set_constant
+from harness.cli import status_lines
+from harness.report import read_night, render_markdown
 from server.app import build_server
 from server.config import ConfigError, load_config
 
@@ -146,6 +148,17 @@ async def test_a_real_improvement_is_confirmed_by_re_runs_and_kept(noisy: Path) 
     decision = [json.loads(line) for line in (engine.run_dir / "experiments.jsonl").read_text().splitlines()
                 if '"type":"decision"' in line.replace(" ", "")][-1]
     assert decision["runs"] == 3 and decision["noise_floor"] > 0
+
+    night = read_night(engine.run_dir, "t1", "score", "minimize")
+    assert night.noise_floor == pytest.approx(engine.noise_floor())
+    report = render_markdown("t1", "score", "minimize", engine.ledger.experiments(), night)
+    assert f"Noise floor: ±{engine.noise_floor():.6f}" in report
+    assert "Re-runs with fresh seeds: 2 of the baseline (the noise floor), 2 confirming candidates" in report
+    row = next(line for line in report.splitlines() if line.startswith("| 4 |"))
+    gain = engine.ledger.get(1).metric - engine.ledger.get(4).metric  # against the best single run before it
+    assert f"| {gain / engine.noise_floor():.1f}x |" in row, row
+    status = status_lines(engine.config, engine.run, engine)
+    assert any(f"noise floor {engine.noise_floor():.6f}" in line for line in status), status
 
 
 @pytest.mark.slow  # runs 4 to 8 experiments
