@@ -97,6 +97,8 @@ async def test_a_no_op_change_whose_one_run_looks_like_a_win_cannot_be_kept_thro
         view = await client.call_tool("read_results", {})
         assert view.structured_content["noise_floor"] == pytest.approx(0.002)
         (noisy / "train.py").write_text(original + "\n# a comment that changes nothing\n", encoding="utf-8")
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert "re-run 2 more time(s) with fresh seeds" in tools["commit_or_revert"].description
         lucky = await client.call_tool("run_experiment", {"description": "a comment only"})
         assert lucky.structured_content["metric"] == pytest.approx(1.094)
         assert lucky.structured_content["would_keep"] is True, "one run alone would have kept it"
