@@ -115,6 +115,14 @@ def _clean(value: object, name: str, *, min_len: int, max_len: int) -> str:
     return text
 
 
+def _repeat_mark(exp_dir: Path) -> int | None:
+    """The experiment a repeat's folder re-runs (written before it starts), None for an ordinary experiment."""
+    try:
+        return int((exp_dir / "repeat_of").read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+
+
 def _fresh_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 
@@ -406,9 +414,12 @@ class Engine:
                 data: dict[str, object] = {
                     "id": exp_id, "parent": parent or commit, "commit": commit, "exp_dir": str(exp_dir),
                     "description": label.strip() or "(description lost)", "is_baseline": label.strip() == "baseline",
+                    "repeat_of": _repeat_mark(exp_dir),
                     "diff": (exp_dir / "diff.patch").read_text(encoding="utf-8", errors="replace")
                     if (exp_dir / "diff.patch").exists() else "",
                     "started_at": (exp_dir / "run.log").stat().st_mtime}
+                if data["repeat_of"] is not None:
+                    data.update(is_baseline=False, description=f"repeat of experiment {data['repeat_of']}")
                 failure = "interrupted: its in-flight record was lost when the server stopped (recorded on restart)"
                 self._append_experiment(data, status="crash", failure=failure, metric=None, verified=False, metrics={},
                                         finished=time.time(), train_s=None, eval_s=None,
@@ -752,6 +763,7 @@ class Engine:
         exp_dir = self.run_dir / "experiments" / f"{exp_id:04d}"
         shutil.copytree(self.run_dir / "experiments" / f"{source.id:04d}" / "snapshot", exp_dir / "snapshot")
         (exp_dir / "diff.patch").write_text(source.diff, encoding="utf-8")
+        (exp_dir / "repeat_of").write_text(str(source.id), encoding="utf-8")  # for `_recover_orphans`
         self.repo.point_ref(self._ref(exp_id), source.commit, f"experiment {exp_id}: {purpose} of {source.id}")
         label = "baseline" if source.is_baseline else source.description
         description = f"{purpose} of experiment {source.id}: {label}"[:MAX_DESCRIPTION]
@@ -761,7 +773,9 @@ class Engine:
     async def _measure_noise(self, base: Experiment, caller: str | None) -> None:
         """Run the baseline until it has `noise_runs` runs (its own included). Called after the baseline and again
         by the next run_experiment when a kill cut the measurement short; stops quietly at the run's limits."""
-        while 1 + len(self._repeats_of(base)) < self.config.noise_runs:
+        for _ in range(self.config.noise_runs):  # bounded, whatever the ledger says
+            if 1 + len(self._repeats_of(base)) >= self.config.noise_runs:
+                return
             try:
                 self._refuse_past_limits(self.ledger.counts()["total"])
             except Refusal:
@@ -771,7 +785,7 @@ class Engine:
     async def _confirm(self, target: Experiment, caller: str | None) -> tuple[list[float], str | None]:
         """Bring `target` to `1 + confirm_runs` successful runs; returns their metrics, and why confirmation could
         not finish (None when it did). Repeats written before a kill count; only the missing ones run."""
-        while True:
+        for _ in range(self.config.confirm_runs + 1):  # bounded: each pass adds a run or returns
             values = self._run_values(target)
             if len(values) >= 1 + self.config.confirm_runs:
                 return values, None
@@ -783,6 +797,10 @@ class Engine:
             repeat = await self._repeat(target, f"confirmation {number}/{self.config.confirm_runs}", caller)
             if repeat.status != "ok":
                 return values, f"confirmation run {repeat.id} ended {repeat.status} ({repeat.failure})"
+        values = self._run_values(target)
+        if len(values) >= 1 + self.config.confirm_runs:
+            return values, None
+        return values, "its confirmation runs are not all linked to it in the ledger (run `autoresearch audit verify`)"
 
     async def _accept(self, target: Experiment, best: Experiment | None,
                       caller: str | None) -> tuple[bool, str, dict[str, object]]:
