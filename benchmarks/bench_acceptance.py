@@ -150,8 +150,8 @@ def main() -> None:
             goods = [good_run(tmp / f"{key}_good_{s}", rule, args.sigma) for s in range(args.seeds)]
             elapsed = time.monotonic() - started
             good_kept = sum(1 for k, _ in goods if k)
-            print(f"{rule.name:8s} (noise_runs {rule.noise_runs}, confirm_runs {rule.confirm_runs}, k {rule.noise_k:g}): "
-                  f"no-ops kept {kept} of {args.noops} ({spent} experiments); known-good change kept in "
+            print(f"{rule.name:8s} (noise_runs {rule.noise_runs}, confirm_runs {rule.confirm_runs}, "
+                  f"k {rule.noise_k:g}): no-ops kept {kept} of {args.noops} ({spent} experiments); known-good change kept in "
                   f"{good_kept} of {args.seeds} runs ({sum(n for _, n in goods)} experiments); {elapsed:.0f} s")
             figures[f"{key}_noops_kept"] = f"{kept}/{args.noops}"
             figures[f"{key}_noop_experiments"] = str(spent)

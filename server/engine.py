@@ -26,6 +26,7 @@ and results.tsv is rewritten if it is behind.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -650,8 +651,9 @@ class Engine:
             decision = "discard"
             reason = f"repeat of experiment {repeat_of.id}" + ("" if status == "ok" else f" ({status}: {failure})")
             if repeat_of.is_baseline:
-                values = self._run_values(repeat_of) + ([outcome.metric] if status == "ok" and outcome.metric is not None
-                                                        else [])
+                values = self._run_values(repeat_of)
+                if status == "ok" and outcome.metric is not None:
+                    values.append(outcome.metric)
                 noise_floor = statistics.stdev(values) if len(values) >= 2 else None
         elif is_baseline:
             decision = "keep" if status == "ok" else "discard"
@@ -708,8 +710,8 @@ class Engine:
         mutable = ", ".join(self.config.mutable)
         if exp.status == "ok" and exp.is_baseline:
             floor = self.noise_floor()
-            step = (f"Baseline recorded{f' (noise floor {floor:.6f} over {self.config.noise_runs} runs)' if floor is not None else ''}. "
-                    f"Edit {mutable} with one idea, then call run_experiment.")
+            measured = f" (noise floor {floor:.6f} over {self.config.noise_runs} runs)" if floor is not None else ""
+            step = f"Baseline recorded{measured}. Edit {mutable} with one idea, then call run_experiment."
         elif exp.status == "ok" and would_keep and confirm:
             step = (f"Call commit_or_revert: it beats the best by more than {margin:.6f}, so it re-runs this change "
                     f"{confirm} more time(s) with fresh seeds and keeps it only if the mean still does.")
@@ -839,8 +841,14 @@ class Engine:
 
     def commit_or_revert(self, experiment_id: int | None = None, prefer: str = "keep_if_better",
                          caller: str | None = None) -> DecisionResult:
-        """`decide` for callers without an event loop (tests, benchmarks, the CLI)."""
-        return asyncio.run(self.decide(experiment_id, prefer, caller))
+        """`decide` for synchronous callers (tests, benchmarks, the CLI). Called from inside a running event loop it
+        runs on a thread of its own and blocks that loop until the decision is made, as a synchronous call does."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.decide(experiment_id, prefer, caller))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self.decide(experiment_id, prefer, caller)).result()
 
     async def decide(self, experiment_id: int | None = None, prefer: str = "keep_if_better",
                      caller: str | None = None) -> DecisionResult:
