@@ -182,6 +182,25 @@ async def test_confirmation_runs_count_in_max_experiments_and_a_candidate_that_c
     assert engine.ledger.counts()["total"] == 5
 
 
+@pytest.mark.slow  # runs 4 to 8 experiments
+async def test_noise_runs_cut_short_are_finished_by_the_next_run_experiment_before_the_candidate(noisy: Path) -> None:
+    engine = make_engine(noisy)
+    limits = engine.run_dir / "limits.json"
+    limits.write_text(json.dumps({"max_experiments": 2}), encoding="utf-8")
+    async with Client(build_server(engine)) as client:
+        base = await client.call_tool("run_experiment", {"description": "baseline"})  # the limit stops the 3rd run
+        assert base.structured_content["decision"] == "keep"
+        assert engine.ledger.counts()["total"] == 2
+        limits.write_text(json.dumps({"max_experiments": 10}), encoding="utf-8")
+        set_constant(noisy / "train.py", "LR", "0.3")
+        ran = await client.call_tool("run_experiment", {"description": "LR 0.3"})
+        view = await client.call_tool("read_results", {"last_n": 10})
+    assert ran.structured_content["id"] == 4
+    assert [(r["id"], r["repeat_of"]) for r in view.structured_content["experiments"]] == \
+        [(1, None), (2, 1), (3, 1), (4, None)]
+    assert view.structured_content["noise_floor"] == pytest.approx(engine.noise_floor()) and engine.noise_floor() is not None
+
+
 KILL_DRIVER = """
 import sys
 from pathlib import Path
