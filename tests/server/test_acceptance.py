@@ -198,7 +198,33 @@ async def test_noise_runs_cut_short_are_finished_by_the_next_run_experiment_befo
     assert ran.structured_content["id"] == 4
     assert [(r["id"], r["repeat_of"]) for r in view.structured_content["experiments"]] == \
         [(1, None), (2, 1), (3, 1), (4, None)]
-    assert view.structured_content["noise_floor"] == pytest.approx(engine.noise_floor()) and engine.noise_floor() is not None
+    assert engine.noise_floor() is not None
+    assert view.structured_content["noise_floor"] == pytest.approx(engine.noise_floor())
+
+
+@pytest.mark.slow  # runs 4 to 8 experiments
+def test_a_confirmation_whose_in_flight_record_was_lost_is_recovered_still_linked_to_its_candidate(
+        noisy: Path) -> None:
+    engine = make_engine(noisy)
+    anyio.run(engine.run_experiment, "baseline")
+    set_constant(noisy / "train.py", "LR", "0.3")
+    set_constant(noisy / "train.py", "WIDTH", "16")
+    anyio.run(engine.run_experiment, "LR 0.3 WIDTH 16")
+    candidate = engine.ledger.get(4)
+    # what a server leaves when it is killed after a confirmation started and its inflight.json is lost
+    folder = engine.run_dir / "experiments" / "0005"
+    shutil.copytree(engine.run_dir / "experiments" / "0004" / "snapshot", folder / "snapshot")
+    (folder / "repeat_of").write_text("4", encoding="utf-8")
+    (folder / "run.log").write_text("training\n", encoding="utf-8")
+    engine.repo.point_ref("refs/autoresearch/t1/0005", candidate.commit, "confirmation of 4")
+
+    from test_records import reopen
+    restarted = reopen(noisy)
+    lost = restarted.ledger.get(5)
+    assert (lost.repeat_of, lost.status, lost.decision, lost.is_baseline) == (4, "crash", "discard", False)
+    verdict = restarted.commit_or_revert()
+    assert verdict.decision == "keep" and verdict.reason.startswith("confirmed: mean ")
+    assert [e.status for e in restarted.ledger.experiments() if e.repeat_of == 4] == ["crash", "ok", "ok"]
 
 
 KILL_DRIVER = """
