@@ -100,6 +100,7 @@ async def _loop(connection: Client, options: RandomAgentOptions, rng: random.Ran
         state = _structured(await client.call_tool("read_results", {"last_n": 5}))
         if state.get("pending_id"):
             await client.call_tool("commit_or_revert", {"prefer": "revert"})
+        first_total = int(state.get("counts", {}).get("total", 0))
         done = 0
         if state.get("baseline") is None:
             await client.call_tool("commit_or_revert", {"prefer": "revert"})  # a baseline runs unmodified code
@@ -107,7 +108,7 @@ async def _loop(connection: Client, options: RandomAgentOptions, rng: random.Ran
             steps.append(Step(result["id"], "baseline", result["status"], result.get("metric"), result["decision"]))
             if on_step:
                 on_step(steps[-1])
-            done += 1
+            done = await _experiments_since(client, first_total)
         while done < options.max_experiments:
             source = target.read_text(encoding="utf-8")
             new_source, description = propose(source, rng)
@@ -122,8 +123,14 @@ async def _loop(connection: Client, options: RandomAgentOptions, rng: random.Ran
             steps.append(Step(result["id"], description, result["status"], result.get("metric"), decision))
             if on_step:
                 on_step(steps[-1])
-            done += 1
+            done = await _experiments_since(client, first_total)
     return steps
+
+
+async def _experiments_since(client: Client, first_total: int) -> int:
+    """Experiments the ledger gained since the loop began: noise and confirmation re-runs count like any other."""
+    state = _structured(await client.call_tool("read_results", {"last_n": 1}))
+    return int(state["counts"]["total"]) - first_total
 
 
 def run_random_agent_sync(options: RandomAgentOptions, on_step: Callable[[Step], None] | None = None) -> list[Step]:
