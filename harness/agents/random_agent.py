@@ -18,6 +18,8 @@ import anyio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+import server
+
 from harness.hyperparams import Hyperparameter, find_hyperparameters, format_value, set_hyperparameter
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,8 @@ async def run_random_agent(options: RandomAgentOptions, on_step: Callable[[Step]
         command=options.python,
         args=["-m", "server", "serve", "--workspace", str(options.workspace), "--tag", options.tag,
               *options.extra_server_args],
-        env={"AUTORESEARCH_SESSION_ID": f"random-{options.seed}"},
+        # the server runs the same code as this process (a checkout that is not the installed one included)
+        env={"AUTORESEARCH_SESSION_ID": f"random-{options.seed}", "PYTHONPATH": str(Path(server.__file__).parent.parent)},
         cwd=str(options.workspace),
     )
     steps: list[Step] = []

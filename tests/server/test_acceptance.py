@@ -318,3 +318,19 @@ def test_the_shipped_cpu_profile_measures_the_floor_three_times_and_confirms_twi
     assert (cpu.noise_runs, cpu.confirm_runs, cpu.noise_k) == (3, 2, 1.0)
     assert (load_config(REPO_ROOT, profile="mps").noise_runs, load_config(REPO_ROOT, profile="mps").confirm_runs) \
         == (2, 1)
+
+
+@pytest.mark.slow  # runs 4 to 8 experiments
+def test_the_random_search_loop_counts_noise_and_confirmation_runs_in_max_experiments(
+        noisy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    code = main(["run", "--agent", "random", "--workspace", str(noisy), "--tag", "r1", "--max-experiments", "4",
+                 "--seed", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = [json.loads(line) for line in (noisy / "runs" / "r1" / "experiments.jsonl").read_text().splitlines()]
+    experiments = [r for r in lines if r["type"] == "experiment"]
+    assert [r["repeat_of"] for r in experiments[:3]] == [None, 1, 1], "the baseline ran three times"
+    assert 4 <= len(experiments) <= 6, "one candidate after the noise runs, plus its confirmations if it won"
+    assert out.count("experiment ") == 2, "the loop stopped once the ledger held 4 experiments"
