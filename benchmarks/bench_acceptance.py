@@ -151,8 +151,8 @@ def main() -> None:
             elapsed = time.monotonic() - started
             good_kept = sum(1 for k, _ in goods if k)
             print(f"{rule.name:8s} (noise_runs {rule.noise_runs}, confirm_runs {rule.confirm_runs}, "
-                  f"k {rule.noise_k:g}): no-ops kept {kept} of {args.noops} ({spent} experiments); known-good change kept in "
-                  f"{good_kept} of {args.seeds} runs ({sum(n for _, n in goods)} experiments); {elapsed:.0f} s")
+                  f"k {rule.noise_k:g}): no-ops kept {kept} of {args.noops} ({spent} experiments); "
+                  f"known-good change kept in {good_kept} of {args.seeds} runs ({sum(n for _, n in goods)} experiments); {elapsed:.0f} s")
             figures[f"{key}_noops_kept"] = f"{kept}/{args.noops}"
             figures[f"{key}_noop_experiments"] = str(spent)
             figures[f"{key}_good_kept"] = f"{good_kept}/{args.seeds}"

@@ -84,7 +84,8 @@ async def run_random_agent(options: RandomAgentOptions, on_step: Callable[[Step]
         args=["-m", "server", "serve", "--workspace", str(options.workspace), "--tag", options.tag,
               *options.extra_server_args],
         # the server runs the same code as this process (a checkout that is not the installed one included)
-        env={"AUTORESEARCH_SESSION_ID": f"random-{options.seed}", "PYTHONPATH": str(Path(server.__file__).parent.parent)},
+        env={"AUTORESEARCH_SESSION_ID": f"random-{options.seed}",
+             "PYTHONPATH": str(Path(server.__file__).parent.parent)},
         cwd=str(options.workspace),
     )
     steps: list[Step] = []
