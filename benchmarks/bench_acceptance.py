@@ -1,6 +1,6 @@
 """How often the keep rule keeps a change that does nothing, and how often it keeps one that helps.
 
-    python benchmarks/bench_acceptance.py [--noops 20] [--seeds 5] [--sigma 0.006] [--gain 0.0175]
+    python benchmarks/bench_acceptance.py [--noops 20] [--noop-runs 4] [--seeds 5] [--sigma 0.006]
 
 The target is the tests' fake target with a noisy evaluation: its score is the fake score plus a Gaussian noise of
 standard deviation `--sigma` drawn from the run's AUTORESEARCH_SEED, so repeated runs of the same code differ exactly
@@ -8,9 +8,11 @@ as seeded runs of a real model do, and each experiment takes about a second. Two
 `Engine.run_experiment` + `commit_or_revert` on real git workspaces:
 
 - `one run`: noise_runs = 1, confirm_runs = 0 (a change is kept when one run beats the best);
-- `honest`: noise_runs = 3, confirm_runs = 2, noise_k = 1 (the CPU profile's defaults).
+- `honest`: noise_runs = 3, confirm_runs = 2, noise_k = 1 (the CPU profile's defaults);
+- `honest k2`: the same with noise_k = 2.
 
-For each rule: one run of `--noops` changes that do nothing (a new comment each time), counting how many were kept;
+For each rule: `--noops` changes that do nothing (a new comment each time), spread over `--noop-runs` fresh runs so
+that several noise floors are drawn, counting how many were kept;
 then `--seeds` fresh runs that each try one change known to help (LR 0.1 -> 0.15, which lowers the score by 0.0175,
 about 3 sigma), counting in how many it was kept. It prints both tables and the experiments each rule spent.
 """
@@ -65,7 +67,7 @@ class Rule:
     noise_k: float
 
 
-RULES = (Rule("one run", 1, 0, 1.0), Rule("honest", 3, 2, 1.0))
+RULES = (Rule("one run", 1, 0, 1.0), Rule("honest", 3, 2, 1.0), Rule("honest k2", 3, 2, 2.0))
 
 
 def git(cwd: Path, *args: str) -> None:
@@ -130,6 +132,7 @@ def good_run(root: Path, rule: Rule, sigma: float) -> tuple[bool, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noops", type=int, default=20)
+    parser.add_argument("--noop-runs", type=int, default=4, help="fresh runs (each its own noise floor) sharing --noops")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--sigma", type=float, default=0.006)
     args = parser.parse_args()
@@ -146,14 +149,17 @@ def main() -> None:
         for rule in RULES:
             key = rule.name.replace(" ", "_")
             started = time.monotonic()
-            kept, spent = noop_run(tmp / f"{key}_noop", rule, args.sigma, args.noops)
+            noops = [noop_run(tmp / f"{key}_noop_{r}", rule, args.sigma, args.noops // args.noop_runs)
+                     for r in range(args.noop_runs)]
+            kept, spent = sum(k for k, _ in noops), sum(n for _, n in noops)
+            tried = (args.noops // args.noop_runs) * args.noop_runs
             goods = [good_run(tmp / f"{key}_good_{s}", rule, args.sigma) for s in range(args.seeds)]
             elapsed = time.monotonic() - started
             good_kept = sum(1 for k, _ in goods if k)
-            print(f"{rule.name:8s} (noise_runs {rule.noise_runs}, confirm_runs {rule.confirm_runs}, "
-                  f"k {rule.noise_k:g}): no-ops kept {kept} of {args.noops} ({spent} experiments); "
-                  f"known-good change kept in {good_kept} of {args.seeds} runs ({sum(n for _, n in goods)} experiments); {elapsed:.0f} s")
-            figures[f"{key}_noops_kept"] = f"{kept}/{args.noops}"
+            print(f"{rule.name:9s} (noise_runs {rule.noise_runs}, confirm_runs {rule.confirm_runs}, "
+                  f"k {rule.noise_k:g}): no-ops kept {kept} of {tried} ({spent} experiments); "
+                  f"in {args.noop_runs} runs; known-good change kept in {good_kept} of {args.seeds} runs ({sum(n for _, n in goods)} experiments); {elapsed:.0f} s")
+            figures[f"{key}_noops_kept"] = f"{kept}/{tried}"
             figures[f"{key}_noop_experiments"] = str(spent)
             figures[f"{key}_good_kept"] = f"{good_kept}/{args.seeds}"
             figures[f"{key}_good_experiments"] = str(sum(n for _, n in goods))

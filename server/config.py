@@ -133,7 +133,8 @@ class Config:
     # run, no confirmation); pyproject.toml's profiles set the real ones for the shipped target: on a CPU
     # noise_runs = 3, confirm_runs = 2 (a 60 s run is cheap and CPU scores move with the seed, so three baseline
     # runs give a usable spread and a kept change rests on three runs); on a GPU noise_runs = 2, confirm_runs = 1
-    # (a 5-minute run is dear; two runs are the fewest that measure a spread, and a win is seen twice).
+    # (a 5-minute run is dear; two runs are the fewest that measure a spread, and a win is seen twice); noise_k = 2
+    # on both, because a spread measured on two or three runs is often too small (benchmarks/bench_acceptance.py).
     noise_runs: int = 1  # runs of the unmodified baseline at the start of a run; their spread is the noise floor
     confirm_runs: int = 0  # extra runs, with fresh seeds, of a candidate that beats the best before it is kept
     noise_k: float = 1.0  # a change must beat the best's mean by more than max(min_improvement, noise_k x floor)

@@ -313,9 +313,9 @@ def test_without_acceptance_settings_a_run_keeps_one_baseline_run_and_no_confirm
     assert config.margin(None) == 0.0 and config.margin(0.01) == pytest.approx(0.01)
 
 
-def test_the_shipped_cpu_profile_measures_the_floor_three_times_and_confirms_twice() -> None:
+def test_the_shipped_cpu_profile_measures_the_floor_three_times_and_confirms_twice_at_two_floors() -> None:
     cpu = load_config(REPO_ROOT, profile="cpu")
-    assert (cpu.noise_runs, cpu.confirm_runs, cpu.noise_k) == (3, 2, 1.0)
+    assert (cpu.noise_runs, cpu.confirm_runs, cpu.noise_k) == (3, 2, 2.0)
     assert (load_config(REPO_ROOT, profile="mps").noise_runs, load_config(REPO_ROOT, profile="mps").confirm_runs) \
         == (2, 1)
 
