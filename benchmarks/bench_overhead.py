@@ -255,7 +255,7 @@ class HarnessVariant:
         if self._client is None:
             result = await self.engine.run_experiment(description, caller="bench")
             status = result.status
-            decision = result.decision if result.decision != "pending" else self.engine.commit_or_revert().decision
+            decision = result.decision if result.decision != "pending" else (await self.engine.decide()).decision
             return status, decision
         ran = await self._client.call_tool("run_experiment", {"description": description})
         if ran.is_error:

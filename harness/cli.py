@@ -123,7 +123,10 @@ def status_lines(config: Config, run: RunInfo, engine: Engine) -> list[str]:
     lines = [f"run {run.tag} on {run.branch}  ({config.metric}, {config.direction})"]
     best = f"{view.best.metric:.6f} (experiment {view.best.id})" if view.best else "-"
     base = f"{view.baseline.metric:.6f}" if view.baseline else "-"
-    lines.append(f"baseline {base}   best {best}")
+    lines.append(f"baseline {base}   best {best}   noise floor "
+                 + (f"{view.noise_floor:.6f} (keep rule: beat the best's mean by max(min_improvement "
+                    f"{config.min_improvement:g}, {config.noise_k:g} x floor), {config.confirm_runs} confirmation "
+                    "re-run(s))" if view.noise_floor is not None else f"- (noise_runs = {config.noise_runs})"))
     lines.append(f"experiments {c['total']}: ok {c['ok']}, crash {c['crash']}, timeout {c['timeout']}, invalid "
                  f"{c['invalid']}; kept {c['kept']}, discarded {c['discarded']}, pending {c['pending']}")
     current = engine.in_flight()

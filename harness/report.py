@@ -112,6 +112,11 @@ def fact_lines(experiments: list[Experiment], night: Night) -> list[str]:
                      f"{holdout['id']}")
     if night.noise_floor is not None:
         lines.append(f"Noise floor: ±{night.noise_floor:.6f} (differences smaller than this are not evidence)")
+    repeats = [e for e in experiments if e.repeat_of is not None]
+    if repeats:
+        noise = sum(1 for e in repeats if base is not None and e.repeat_of == base.id)
+        lines.append(f"Re-runs with fresh seeds: {noise} of the baseline (the noise floor), "
+                     f"{len(repeats) - noise} confirming candidates (counted in the experiments above)")
     if night.violations:
         lines.append(f"Violations: {night.violations} (a locked file was changed and restored)")
     return lines
@@ -171,9 +176,11 @@ def render_markdown(tag: str, metric: str, direction: str, experiments: list[Exp
     lines += ["", "## Kept changes, by gain", ""]
     kept = kept_changes(direction, experiments)
     if kept:
-        lines += ["| experiment | gain | metric | change |", "| ---: | ---: | ---: | --- |"]
+        floor = night.noise_floor
+        lines += ["| experiment | gain | noise floors | metric | change |", "| ---: | ---: | ---: | ---: | --- |"]
         for e, gain in kept:
-            lines.append(f"| {e.id} | {gain:+.6f} | {e.metric:.6f} | {_cell(e.description)} |")
+            sure = f"{gain / floor:.1f}x" if floor else "n/a"
+            lines.append(f"| {e.id} | {gain:+.6f} | {sure} | {e.metric:.6f} | {_cell(e.description)} |")
     else:
         lines.append("None yet.")
     failures = [e for e in experiments if e.status not in ("ok", "confirming")]

@@ -263,6 +263,15 @@ def _docs(cfg: Config | None) -> dict[str, str]:
         "restores the best code (use it after a crash you will not fix). experiment_id: optional integer, must be "
         "the pending experiment."
     )
+    if cfg is not None and (cfg.noise_runs > 1 or cfg.confirm_runs > 0):
+        decide_doc += (
+            f" Honest acceptance: the baseline ran {cfg.noise_runs} times and their spread is the noise floor "
+            "(read_results: noise_floor); the result must beat the mean of the best's runs by more than "
+            f"max({margin}, {cfg.noise_k:g} x noise floor)"
+            + (f", and a result that does is first re-run {cfg.confirm_runs} more time(s) with fresh seeds in this "
+               "call and kept only if the mean of its runs still does (the call lasts that long)."
+               if cfg.confirm_runs else ".")
+        )
     return {"run_experiment": run_doc, "read_results": results_doc, "commit_or_revert": decide_doc}
 
 
@@ -295,7 +304,7 @@ def build_server(source: Engine | EngineSlot) -> MCPServer:
     async def commit_or_revert(experiment_id: int | None = None, prefer: str = "keep_if_better",
                                ctx: Context | None = None) -> DecisionResult:
         async def call(engine: Engine, caller: str) -> DecisionResult:
-            return engine.commit_or_revert(experiment_id, prefer, caller)
+            return await engine.decide(experiment_id, prefer, caller)
 
         return await _audited(slot, "commit_or_revert", ctx, call)
 

@@ -3,8 +3,15 @@
 - `run_experiment` refuses while a result is undecided, while a locked file differs from its pin, or while the
   repository is not as the engine left it; runs the configured command under the configured hard limit in its own
   process group; evaluates with the pinned evaluation; records one ledger line.
-- `commit_or_revert` applies the keep/revert rule itself: a change is kept only when its metric beats the best by more
-  than `min_improvement`.
+- `commit_or_revert` applies the keep/revert rule itself (honest acceptance, see `decide` and `_accept`): a change is
+  kept only when its metric beats the mean of the best's runs by more than max(min_improvement, noise_k x noise
+  floor), and, when `confirm_runs` > 0, only when the mean of its own runs (itself plus `confirm_runs` re-runs of its
+  snapshot with fresh seeds) still does. The noise floor is the sample standard deviation of the baseline's
+  `noise_runs` runs, measured once at the start of a run and never re-measured automatically: a re-measurement costs
+  `noise_runs` experiments, the spread it measures comes from the seed and the machine far more than from the code,
+  and a floor that moved during a night would make early and late decisions incomparable. A person who changes the
+  model a lot starts a new tag, which measures a new floor. Re-runs are ledger lines of their own (`repeat_of`), never
+  candidates, and count in every limit.
 - `read_results` is a compact view of the ledger.
 
 A kill -9 or a full disk at any moment leaves a state that recovery completes: `inflight.json` is written before the
@@ -19,6 +26,7 @@ and results.tsv is rewritten if it is behind.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -28,12 +36,13 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from server import history, jsonl
 from server.agent_files import is_agent_config
@@ -112,6 +121,18 @@ def _clean(value: object, name: str, *, min_len: int, max_len: int) -> str:
     return text
 
 
+def _repeat_mark(exp_dir: Path) -> int | None:
+    """The experiment a repeat's folder re-runs (written before it starts), None for an ordinary experiment."""
+    try:
+        return int((exp_dir / "repeat_of").read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _fresh_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
 def _bounded_tail(text: str, limit: int = MAX_TAIL_CHARS) -> str:
     return text if len(text) <= limit else "..." + text[-(limit - 3):]
 
@@ -138,6 +159,7 @@ class Engine:
         self.violations_path = self.run_dir / "violations.jsonl"
         self.lock_path = self.run_dir / "experiment.lock"
         self.pinned_dir = self.run_dir / "pinned"
+        self.next_seed: Callable[[], int] = _fresh_seed  # each run's AUTORESEARCH_SEED (tests replay chosen seeds)
 
     # ---- locking and recovery ----
 
@@ -319,6 +341,7 @@ class Engine:
             return exp
         mutable = list(self.config.mutable)
         from_tip = str(intent["from_tip"])
+        facts = intent.get("facts") if isinstance(intent.get("facts"), dict) else None
         tip = self.repo.branch_tip(self.run.branch)
         if intent["decision"] == "keep":
             if tip == from_tip:
@@ -331,10 +354,10 @@ class Engine:
                               f"{exp_id}. A person must run `git reset --hard {from_tip[:7]}` and call "
                               "commit_or_revert again.")
             self.repo.restore_paths(kept, mutable)
-            decided = self.ledger.append_decision(exp_id, "keep", str(intent["reason"]), kept)
+            decided = self.ledger.append_decision(exp_id, "keep", str(intent["reason"]), kept, facts)
         else:
             self.repo.restore_paths(tip, mutable)
-            decided = self.ledger.append_decision(exp_id, "discard", str(intent["reason"]), None)
+            decided = self.ledger.append_decision(exp_id, "discard", str(intent["reason"]), None, facts)
             (self.run_dir / "experiments" / f"{exp_id:04d}" / "model" / "checkpoint").unlink(missing_ok=True)
         self.intent_path.unlink(missing_ok=True)
         return decided
@@ -397,9 +420,12 @@ class Engine:
                 data: dict[str, object] = {
                     "id": exp_id, "parent": parent or commit, "commit": commit, "exp_dir": str(exp_dir),
                     "description": label.strip() or "(description lost)", "is_baseline": label.strip() == "baseline",
+                    "repeat_of": _repeat_mark(exp_dir),
                     "diff": (exp_dir / "diff.patch").read_text(encoding="utf-8", errors="replace")
                     if (exp_dir / "diff.patch").exists() else "",
                     "started_at": (exp_dir / "run.log").stat().st_mtime}
+                if data["repeat_of"] is not None:
+                    data.update(is_baseline=False, description=f"repeat of experiment {data['repeat_of']}")
                 failure = "interrupted: its in-flight record was lost when the server stopped (recorded on restart)"
                 self._append_experiment(data, status="crash", failure=failure, metric=None, verified=False, metrics={},
                                         finished=time.time(), train_s=None, eval_s=None,
@@ -542,6 +568,10 @@ class Engine:
                     f"{', '.join(self.config.mutable)} differ from commit {parent[:7]}. Call commit_or_revert with "
                     "prefer='revert' to restore them, then run_experiment."
                 )
+            base = history.baseline(experiments)
+            if base is not None and 1 + len(self._repeats_of(base)) < self.config.noise_runs:
+                await self._measure_noise(base, caller)  # a kill cut the baseline's noise runs short: finish them
+                self._refuse_past_limits(self.ledger.counts()["total"])
             return await self._run_locked(description, hypothesis, caller, parent, diff, is_baseline, experiments)
 
     async def _run_locked(self, description: str, hypothesis: str | None, caller: str | None, parent: str,
@@ -559,8 +589,21 @@ class Engine:
         label = "baseline" if is_baseline else description
         commit = self.repo.snapshot_commit(parent, list(self.config.mutable), f"experiment {exp_id}: {label}",
                                            f"refs/autoresearch/{self.run.tag}/{exp_id:04d}")
+        exp = await self._run_snapshot(exp_id, description, hypothesis, caller, parent, commit, diff, is_baseline,
+                                       experiments)
+        if exp.is_baseline and exp.status == "ok":
+            await self._measure_noise(exp, caller)
+        return self._run_result(exp, experiments)
+
+    async def _run_snapshot(self, exp_id: int, description: str, hypothesis: str | None, caller: str | None,
+                            parent: str, commit: str, diff: str, is_baseline: bool, experiments: list[Experiment],
+                            repeat_of: Experiment | None = None) -> Experiment:
+        """Run the snapshot in `experiments/<exp_id>/snapshot` (commit `commit`) with a fresh seed and record one
+        ledger line. A repeat (`repeat_of`) is never a candidate: it is recorded decided (`discard`), linked to the
+        experiment it re-runs, and a repeat of the baseline carries the noise floor measured so far."""
+        exp_dir = self.run_dir / "experiments" / f"{exp_id:04d}"
         started = time.time()
-        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        seed = self.next_seed()
         limit = self.config.hard_timeout_s + (self.config.evaluate.timeout_s if self.config.evaluate.mode ==
                                               "checkpoint" else 0.0)
         inflight: dict[str, object] = {
@@ -568,6 +611,7 @@ class Engine:
             "parent": parent, "commit": commit, "diff": diff, "is_baseline": is_baseline, "caller": caller,
             "started_at": started, "deadline": started + limit, "exp_dir": str(exp_dir), "pgid": None,
             "marker": None, "seed": seed, "sealed": self.sealed,
+            "repeat_of": repeat_of.id if repeat_of is not None else None,
         }
         atomic_write_text(self.inflight_path, json.dumps(inflight))
 
@@ -607,7 +651,16 @@ class Engine:
                     f"evaluated on different data (fingerprint {fingerprint[:12]} != baseline "
                     f"{reference.fingerprint[:12]}); results on different data are never compared"
                 )
-        if is_baseline:
+        noise_floor = None
+        if repeat_of is not None:
+            decision = "discard"
+            reason = f"repeat of experiment {repeat_of.id}" + ("" if status == "ok" else f" ({status}: {failure})")
+            if repeat_of.is_baseline:
+                values = self._run_values(repeat_of)
+                if status == "ok" and outcome.metric is not None:
+                    values.append(outcome.metric)
+                noise_floor = statistics.stdev(values) if len(values) >= 2 else None
+        elif is_baseline:
             decision = "keep" if status == "ok" else "discard"
             reason = "baseline" if status == "ok" else f"baseline {status}: {failure}"
         else:
@@ -619,18 +672,18 @@ class Engine:
                                       eval_s=outcome.eval_s, log_tail=outcome.tail, fingerprint=fingerprint,
                                       decision=decision,
                                       decision_reason=reason, kept_commit=parent if decision == "keep" else None,
-                                      sealed=outcome.sealed)
+                                      sealed=outcome.sealed, noise_floor=noise_floor)
         if outcome.private:
             append_record(self.private_dir / "holdout.jsonl",
                           {"experiment_id": exp_id, "time": _iso(time.time()), **outcome.private})
         self.inflight_path.unlink(missing_ok=True)
-        return self._run_result(exp, experiments)
+        return exp
 
     def _append_experiment(self, data: dict[str, object], *, status: str, failure: str | None, metric: float | None,
                            verified: bool, metrics: dict[str, float | str], finished: float, train_s: float | None,
                            eval_s: float | None, log_tail: str, fingerprint: str | None, decision: str | None,
                            decision_reason: str | None, kept_commit: str | None = None,
-                           sealed: bool | None = None) -> Experiment:
+                           sealed: bool | None = None, noise_floor: float | None = None) -> Experiment:
         started = float(data["started_at"])  # type: ignore[arg-type]
         memory = as_float(metrics.get(self.config.memory_metric)) if self.config.memory_metric else None
         clean_metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
@@ -645,6 +698,7 @@ class Engine:
             is_baseline=bool(data.get("is_baseline")), caller=data.get("caller"),  # type: ignore[arg-type]
             decision=decision, decision_reason=decision_reason, kept_commit=kept_commit,  # type: ignore[arg-type]
             seed=data.get("seed"), sealed=bool(data.get("sealed", self.sealed) if sealed is None else sealed),  # type: ignore[arg-type]
+            repeat_of=data.get("repeat_of"), noise_floor=noise_floor,  # type: ignore[arg-type]
         )
         self.ledger.append_experiment(exp)
         return exp
@@ -653,15 +707,23 @@ class Engine:
         best = history.best_kept(before)
         best_metric = best.metric if best else None
         delta = exp.metric - best_metric if exp.metric is not None and best_metric is not None else None
+        margin = self.config.margin(self.noise_floor())
+        best_mean = statistics.fmean(self._run_values(best)) if best is not None and best_metric is not None else None
         would_keep = bool(exp.status == "ok" and (exp.is_baseline or (
-            exp.metric is not None and best_metric is not None and self.config.improves(exp.metric, best_metric))))
+            exp.metric is not None and best_mean is not None and self.config.beats(exp.metric, best_mean, margin))))
+        confirm = self.config.confirm_runs
         mutable = ", ".join(self.config.mutable)
         if exp.status == "ok" and exp.is_baseline:
-            step = f"Baseline recorded. Edit {mutable} with one idea, then call run_experiment."
+            floor = self.noise_floor()
+            measured = f" (noise floor {floor:.6f} over {self.config.noise_runs} runs)" if floor is not None else ""
+            step = f"Baseline recorded{measured}. Edit {mutable} with one idea, then call run_experiment."
+        elif exp.status == "ok" and would_keep and confirm:
+            step = (f"Call commit_or_revert: it beats the best by more than {margin:.6f}, so it re-runs this change "
+                    f"{confirm} more time(s) with fresh seeds and keeps it only if the mean still does.")
         elif exp.status == "ok":
             step = ("Call commit_or_revert: it will KEEP this change." if would_keep else
                     "Call commit_or_revert: it will REVERT this change (not better than the best by more than "
-                    f"{self.config.min_improvement:g}).")
+                    f"{margin:g}).")
         elif exp.status == "crash":
             step = (f"Read log_tail. Fix a trivial bug in {mutable} and run again, or call commit_or_revert with "
                     "prefer='revert' to return to the best code.")
@@ -676,10 +738,135 @@ class Engine:
             log_tail=_bounded_tail(exp.log_tail) if exp.status != "ok" else None, next_step=step,
         )
 
+    # ---- honest acceptance: repeats, the noise floor, confirmation ----
+
+    def _repeats_of(self, exp: Experiment) -> list[Experiment]:
+        """The repeat runs of `exp`, in order. They directly follow it in id order (nothing else can run while the
+        baseline measures its noise or while a candidate is pending), so this reads a few lines, not the ledger."""
+        out: list[Experiment] = []
+        for exp_id in range(exp.id + 1, self.ledger.max_id() + 1):
+            other = self.ledger.get(exp_id)
+            if other is None:
+                continue  # an id a failed start used
+            if other.repeat_of != exp.id:
+                break
+            out.append(other)
+        return out
+
+    def _run_values(self, exp: Experiment) -> list[float]:
+        """The metrics of `exp`'s successful runs: its own and its repeats'."""
+        runs = [exp] + self._repeats_of(exp)
+        return [r.metric for r in runs if r.status == "ok" and r.metric is not None]
+
+    def noise_floor(self) -> float | None:
+        """The sample standard deviation of the baseline's runs (None before two of them succeeded)."""
+        base = self.ledger.baseline()
+        values = self._run_values(base) if base is not None else []
+        return statistics.stdev(values) if len(values) >= 2 else None
+
+    async def _repeat(self, source: Experiment, purpose: str, caller: str | None) -> Experiment:
+        """Run `source`'s snapshot again with a fresh seed, as a ledger line of its own linked by `repeat_of`."""
+        exp_id = self._next_id()
+        exp_dir = self.run_dir / "experiments" / f"{exp_id:04d}"
+        shutil.copytree(self.run_dir / "experiments" / f"{source.id:04d}" / "snapshot", exp_dir / "snapshot")
+        (exp_dir / "diff.patch").write_text(source.diff, encoding="utf-8")
+        (exp_dir / "repeat_of").write_text(str(source.id), encoding="utf-8")  # for `_recover_orphans`
+        self.repo.point_ref(self._ref(exp_id), source.commit, f"experiment {exp_id}: {purpose} of {source.id}")
+        label = "baseline" if source.is_baseline else source.description
+        description = f"{purpose} of experiment {source.id}: {label}"[:MAX_DESCRIPTION]
+        return await self._run_snapshot(exp_id, description, source.hypothesis, caller, source.parent, source.commit,
+                                        source.diff, False, self._history(), repeat_of=source)
+
+    async def _measure_noise(self, base: Experiment, caller: str | None) -> None:
+        """Run the baseline until it has `noise_runs` runs (its own included). Called after the baseline and again
+        by the next run_experiment when a kill cut the measurement short; stops quietly at the run's limits."""
+        for _ in range(self.config.noise_runs):  # bounded, whatever the ledger says
+            if 1 + len(self._repeats_of(base)) >= self.config.noise_runs:
+                return
+            try:
+                self._refuse_past_limits(self.ledger.counts()["total"])
+            except Refusal:
+                return
+            await self._repeat(base, "noise run", caller)
+
+    async def _confirm(self, target: Experiment, caller: str | None) -> tuple[list[float], str | None]:
+        """Bring `target` to `1 + confirm_runs` successful runs; returns their metrics, and why confirmation could
+        not finish (None when it did). Repeats written before a kill count; only the missing ones run."""
+        for _ in range(self.config.confirm_runs + 1):  # bounded: each pass adds a run or returns
+            values = self._run_values(target)
+            if len(values) >= 1 + self.config.confirm_runs:
+                return values, None
+            try:
+                self._refuse_past_limits(self.ledger.counts()["total"])
+            except Refusal as exc:
+                return values, f"confirmation could not run: {str(exc).split(';')[0]}"
+            number = len(values)
+            repeat = await self._repeat(target, f"confirmation {number}/{self.config.confirm_runs}", caller)
+            if repeat.status != "ok":
+                return values, f"confirmation run {repeat.id} ended {repeat.status} ({repeat.failure})"
+        values = self._run_values(target)
+        if len(values) >= 1 + self.config.confirm_runs:
+            return values, None
+        return values, "its confirmation runs are not all linked to it in the ledger (run `autoresearch audit verify`)"
+
+    async def _accept(self, target: Experiment, best: Experiment | None,
+                      caller: str | None) -> tuple[bool, str, dict[str, object]]:
+        """The acceptance rule: (keep?, reason, facts for the decision line). A single result that does not beat the
+        best's mean by the margin is refused at once; one that does is confirmed by re-runs before it is kept."""
+        assert target.metric is not None
+        if best is None or best.metric is None:
+            return False, "there is no best to compare with (the baseline failed)", {}
+        floor = self.noise_floor()
+        margin = self.config.margin(floor)
+        best_values = self._run_values(best)
+        best_mean = statistics.fmean(best_values)
+        facts: dict[str, object] = {"noise_floor": floor, "margin": margin, "best_mean": best_mean,
+                                    "best_runs": len(best_values)}
+        rule = (f"max(min_improvement {self.config.min_improvement:g}, {self.config.noise_k:g} x noise floor "
+                f"{floor:.6f})" if floor is not None else f"min_improvement {self.config.min_improvement:g}")
+        against = (f"the best's mean {best_mean:.6f} over {len(best_values)} runs" if len(best_values) > 1
+                   else f"the best {best_mean:.6f}")
+        if not self.config.beats(target.metric, best_mean, margin):
+            return False, f"{target.metric:.6f} does not beat {against} by more than {margin:.6f} ({rule})", facts
+        if self.config.confirm_runs == 0:
+            delta = target.metric - best_mean
+            return True, f"beats {against} by {abs(delta):.6f} > {margin:.6f} ({rule})", facts
+        values, stopped = await self._confirm(target, caller)
+        mean = statistics.fmean(values)
+        facts.update(mean=mean, runs=len(values))
+        if stopped is not None:
+            return False, f"not confirmed: {stopped}; mean {mean:.6f} over {len(values)} runs", facts
+        if not self.config.beats(mean, best_mean, margin):
+            return False, (f"not confirmed: mean {mean:.6f} over {len(values)} runs does not beat {against} by more "
+                           f"than {margin:.6f} ({rule})"), facts
+        return True, (f"confirmed: mean {mean:.6f} over {len(values)} runs beats {against} by "
+                      f"{abs(mean - best_mean):.6f} > {margin:.6f} ({rule})"), facts
+
     # ---- commit_or_revert ----
 
     def commit_or_revert(self, experiment_id: int | None = None, prefer: str = "keep_if_better",
                          caller: str | None = None) -> DecisionResult:
+        """`decide` for synchronous callers (tests, benchmarks, the CLI). Called from inside a running event loop it
+        runs on a thread of its own and blocks that loop until the decision is made, as a synchronous call does."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.decide(experiment_id, prefer, caller))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self.decide(experiment_id, prefer, caller)).result()
+
+    async def decide(self, experiment_id: int | None = None, prefer: str = "keep_if_better",
+                     caller: str | None = None) -> DecisionResult:
+        """Keep or revert the pending experiment by the acceptance rule (`_accept`).
+
+        Confirmation re-runs happen here, inside commit_or_revert, not inside run_experiment: run_experiment stays
+        one experiment per call, so its duration and the agent's per-call timeout (1500 s in .mcp.json) keep their
+        meaning, and only a result the agent asks to keep that already beats the best pays for re-runs. One
+        commit_or_revert call then lasts up to `confirm_runs` experiments; the stall detector sees a tool call in
+        flight all that time, and a cancelled call kills the re-run and records it as a crash like any run. The
+        decision intent is written only after the confirmations: a kill -9 during one leaves the candidate pending
+        with the repeats already recorded (an interrupted one as a crash), and the next commit_or_revert runs only
+        the missing ones and decides."""
         if prefer not in ("keep_if_better", "revert"):
             raise InvalidArgument(f"prefer must be 'keep_if_better' or 'revert', got {prefer!r}")
         with self._experiment_lock():
@@ -715,21 +902,21 @@ class Engine:
                                       next_step="Edit with one idea, then call run_experiment.")
             assert target.metric is not None
             best_metric = best.metric if best else None
-            improves = best_metric is not None and self.config.improves(target.metric, best_metric)
-            intent: dict[str, object] = {"experiment_id": target.id, "from_tip": tip, "time": _iso(time.time())}
+            improves, why, facts = (await self._accept(target, best, caller) if prefer == "keep_if_better"
+                                    else (False, "revert requested", {}))
+            tip = self.repo.branch_tip(self.run.branch)  # unchanged by the re-runs (they touch no branch)
+            intent: dict[str, object] = {"experiment_id": target.id, "from_tip": tip, "time": _iso(time.time()),
+                                         "facts": facts}
             observe_only = self.config.autonomy == "observe" and prefer == "keep_if_better" and improves
             if prefer == "keep_if_better" and improves and not observe_only:
                 delta = target.metric - best_metric  # type: ignore[operator]
-                intent.update(decision="keep", reason=f"beats {best_metric:.6f} by {abs(delta):.6f}",
+                intent.update(decision="keep", reason=why,
                               message=f"{self.config.metric} {target.metric:.6f} ({delta:+.6f}) experiment "
                                       f"{target.id}: {target.description}")
             else:
                 intent.update(decision="discard", reason=(
-                    "revert requested" if prefer == "revert" else
                     f"{OBSERVE_PREFIX} {target.metric:.6f} beats the best {best_metric:.6f}; autonomy is 'observe', "
-                    "so nothing is kept (`autoresearch review` proposes it)" if observe_only else
-                    f"{target.metric:.6f} does not beat the best {best_metric:.6f} by more than "
-                    f"{self.config.min_improvement:g}"))
+                    f"so nothing is kept (`autoresearch review` proposes it); {why}" if observe_only else why))
             atomic_write_text(self.intent_path, json.dumps(intent))  # before anything moves: recovery finishes it
             decided = self._apply_intent(intent)
             assert decided is not None
@@ -741,8 +928,8 @@ class Engine:
                          best_before: Experiment | None = None) -> DecisionResult:
         if exp.decision == "keep":
             before = self.ledger.best_before(exp.id)
-            reason = (f"{exp.metric:.6f} beats the best {before:.6f}" if before is not None and exp.metric is not None
-                      else exp.decision_reason or "kept")
+            reason = exp.decision_reason or (f"{exp.metric:.6f} beats the best {before:.6f}"
+                                             if before is not None and exp.metric is not None else "kept")
             return DecisionResult(experiment_id=exp.id, decision="keep", reason=(note + ": " if note else "") + reason,
                                   commit=(exp.kept_commit or exp.commit)[:12], best=exp.metric, best_id=exp.id,
                                   next_step="Kept. Edit with the next idea, then call run_experiment.")
@@ -788,8 +975,10 @@ class Engine:
             if best and best.metric is not None else None,
             counts=ledger.counts(), pending_id=waiting.id if waiting else None,
             in_flight_id=current.id if current else None, violations=self.violations_count(),
+            noise_floor=self.noise_floor(),
             experiments=[ExperimentRow(id=a.experiment.id, status=a.experiment.status, metric=a.experiment.metric,
                                        delta=a.delta, decision=a.decision, description=a.experiment.description,  # type: ignore[arg-type]
-                                       verified=a.experiment.verified) for a in rows],
+                                       verified=a.experiment.verified, repeat_of=a.experiment.repeat_of)
+                         for a in rows],
             detail=detail,
         )

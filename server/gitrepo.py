@@ -215,6 +215,12 @@ class GitRepo:
         if self.ref_exists(ref):
             self._git("update-ref", "-d", ref, *([expected] if expected else []))
 
+    def point_ref(self, ref: str, commit: str, message: str) -> None:
+        """Create or move ``ref`` (outside refs/heads/) to ``commit``: a repeat run's ref names the commit it re-runs."""
+        if not ref.startswith("refs/") or ref.startswith("refs/heads/"):
+            raise GitError(f"refusing to set {ref!r}: only refs outside refs/heads/ are set this way")
+        self._git("update-ref", "-m", f"autoresearch: {message}", ref, self.resolve(commit))
+
     def refs_under(self, prefix: str) -> dict[str, str]:
         """Refs whose full name starts with ``prefix`` (e.g. ``refs/autoresearch/tag/``), mapped to their shas."""
         out = self._git("for-each-ref", "--format=%(refname) %(objectname)", prefix.rstrip("/"))

@@ -83,6 +83,8 @@ class Experiment:
     kept_commit: str | None  # the branch commit when kept
     seed: int | None = None  # AUTORESEARCH_SEED the harness gave this run
     sealed: bool = True  # ran in the sandbox (False: the run allowed unsealed experiments; train.py could forge)
+    repeat_of: int | None = None  # a re-run of that experiment's snapshot with a fresh seed (noise or confirmation)
+    noise_floor: float | None = None  # on a baseline repeat: the spread of the baseline's runs so far
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, int) or isinstance(self.id, bool) or self.id < 1:
@@ -332,9 +334,10 @@ class Ledger:
             self._write_locked({"type": "experiment", **exp.to_json()}, exp if exp.decision else None)
 
     def append_decision(self, experiment_id: int, decision: Decision, reason: str | None,
-                        commit: str | None) -> Experiment:
+                        commit: str | None, extra: Mapping[str, Any] | None = None) -> Experiment:
         """Record keep/discard for a recorded, undecided experiment; returns the experiment as now folded.
-        `commit` is the branch commit the experiment was kept as (or the commit the branch was reset to)."""
+        `commit` is the branch commit the experiment was kept as (or the commit the branch was reset to); `extra`
+        adds facts of the decision to its line (the noise floor, the runs' mean), read by reports."""
         if decision not in DECISIONS:
             raise ValueError(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")
         with self._mutex, jsonl.locked(self.path):
@@ -349,7 +352,8 @@ class Ledger:
                 raise ValueError(f"experiment {experiment_id} was already decided: {exp.decision} "
                                  f"({exp.decision_reason or 'no reason given'}); decisions are final")
             line = {"type": "decision", "experiment_id": experiment_id, "decision": decision, "reason": reason,
-                    "commit": commit, "time": utc_now_iso()}
+                    "commit": commit, "time": utc_now_iso(), **{k: v for k, v in (extra or {}).items()
+                                                                 if k not in ("type", "experiment_id", "decision")}}
             decided = _apply_decision(exp, line)
             self._write_locked(line, decided)
             return decided
@@ -517,7 +521,9 @@ def _encode_row(row: list[Any]) -> bytes:
     return (json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
 
-_FIELDS = frozenset(f.name for f in dataclasses.fields(Experiment))
+# fields every experiment line has; those with a default were added later and may be absent from older lines
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Experiment)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 
 
 def _check_experiment_line(rec: Mapping[str, Any]) -> int:

@@ -47,6 +47,8 @@ class ExperimentRow(BaseModel):
     decision: Literal["keep", "discard", "pending"]
     description: str
     verified: bool = True
+    repeat_of: int | None = Field(default=None, description="A re-run of that experiment with a fresh seed (a noise "
+                                  "run of the baseline, or a confirmation run of a candidate); never a candidate.")
 
 
 class ExperimentDetail(BaseModel):
@@ -80,6 +82,9 @@ class ReadResultsResult(BaseModel):
     pending_id: int | None
     in_flight_id: int | None
     violations: int
+    noise_floor: float | None = Field(default=None, description="Sample standard deviation of the baseline's runs "
+                                      "(same code, fresh seeds). A change is kept only when it beats the best's mean "
+                                      "by more than max(min_improvement, noise_k x noise_floor), confirmed by re-runs.")
     experiments: list[ExperimentRow]
     detail: ExperimentDetail | None = None
 

@@ -135,6 +135,7 @@ async def _loop(connection: Client, options: AgentOptions, proposer: Proposer,
             if state.get("pending_id"):  # measured before a restart: the rule decides it, as it would have
                 await client.call_tool("commit_or_revert", {})
             await client.call_tool("commit_or_revert", {"prefer": "revert"})  # the file is the best code again
+            first_total = int(state.get("counts", {}).get("total", 0))
             done = 0
             if state.get("baseline") is None:
                 hypothesis = proposer.baseline_hypothesis(target.read_text(encoding="utf-8"))
@@ -142,7 +143,7 @@ async def _loop(connection: Client, options: AgentOptions, proposer: Proposer,
                                                                               **_optional(hypothesis)}))
                 proposer.observe(None, result)
                 record(Step(result["id"], "baseline", result["status"], result.get("metric"), result["decision"]))
-                done += 1
+                done = await _experiments_since(client, first_total)
                 if result["status"] != "ok":
                     raise AgentError(f"the baseline failed ({result['status']}: {result.get('failure')}), so nothing "
                                      f"can be compared to it. Last lines of its log:\n{result.get('log_tail') or '-'}\n"
@@ -160,7 +161,7 @@ async def _loop(connection: Client, options: AgentOptions, proposer: Proposer,
                     await client.call_tool("commit_or_revert", {"prefer": "revert"})
                 proposer.observe(proposal, result)
                 record(Step(result["id"], proposal.description, result["status"], result.get("metric"), decision))
-                done += 1
+                done = await _experiments_since(client, first_total)
         except ValueError as exc:  # the proposer found nothing to change, or a range it cannot read
             failure = AgentError(str(exc))
         except AgentError as exc:
@@ -168,6 +169,12 @@ async def _loop(connection: Client, options: AgentOptions, proposer: Proposer,
     if failure is not None:  # raised here, not inside the client's task group, so it arrives unwrapped
         raise failure
     return steps
+
+
+async def _experiments_since(client: Client, first_total: int) -> int:
+    """Experiments the ledger gained since the loop began: noise and confirmation re-runs count like any other."""
+    state = structured(await client.call_tool("read_results", {"last_n": 1}))
+    return int(state["counts"]["total"]) - first_total
 
 
 def _import_path() -> str:

@@ -147,7 +147,7 @@ class RunData:
         self._verify_cost = 0.0
         self._cache: dict[str, tuple[Any, Any]] = {}
         self._audit_tail = JsonlFollower(self.audit.path)
-        self._noise_tail = JsonlFollower(self.ledger.path, keep=lambda line: b'"noise"' in line)
+        self._noise_tail = JsonlFollower(self.ledger.path, keep=lambda line: b'"noise' in line)
         self._noise: float | None = None
         self._tool_calls: Counter[tuple[str, str]] = Counter()
         self._sup_events: Counter[str] = Counter()
@@ -184,7 +184,8 @@ class RunData:
                                                                   self.noise_floor()))
 
     def noise_floor(self) -> float | None:
-        """From run.json `noise_floor`, else the last ledger line of type `noise` (its `noise_floor` or `value`)."""
+        """From run.json `noise_floor`, else the last ledger line that carries one: a line of type `noise` (its
+        `noise_floor` or `value`), a repeat run of the baseline or a decision (their `noise_floor`)."""
         run = _read_json(self.path("run"))
         if isinstance(run, dict) and _number(run.get("noise_floor")) is not None:
             return _number(run.get("noise_floor"))
@@ -193,7 +194,7 @@ class RunData:
             if restarted:
                 self._noise = None
             for rec in records:
-                if rec.get("type") == "noise":
+                if rec.get("type") == "noise" or rec.get("noise_floor") is not None:
                     value = _number(rec.get("noise_floor", rec.get("value")))
                     if value is not None:
                         self._noise = value
