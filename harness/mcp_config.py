@@ -70,7 +70,7 @@ def server_launch(workspace: Path | str, tool_timeout_s: float, python: str = sy
     root = Path(workspace).expanduser().resolve()
     return ServerLaunch(
         command=python,
-        args=["-m", "server", "serve", "--workspace", str(root)],
+        args=["-P", "-m", "server", "serve", "--workspace", str(root)],
         env={WORKSPACE_ENV: str(root)},
         cwd=root,
         tool_timeout_s=float(tool_timeout_s),

@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
-  echo "setup: $PYTHON is missing or older than Python 3.10; install Python 3.10+ or set PYTHON=/path/to/python3" >&2
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+  echo "setup: $PYTHON is missing or older than Python 3.11 (the hooks and the server run with -P, new in 3.11); install Python 3.11+ or set PYTHON=/path/to/python3" >&2
   exit 1
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

@@ -127,7 +127,7 @@ def test_the_server_is_started_by_the_given_interpreter_on_the_absolute_workspac
     (tmp_path / "ws").mkdir()
     launch = server_launch("ws", 900)
     assert launch.command == sys.executable
-    assert launch.args == ["-m", "server", "serve", "--workspace", str(tmp_path / "ws")]
+    assert launch.args == ["-P", "-m", "server", "serve", "--workspace", str(tmp_path / "ws")]
     assert launch.env == {"AUTORESEARCH_WORKSPACE": str(tmp_path / "ws")}
     assert launch.cwd == tmp_path / "ws"
 
