@@ -127,6 +127,10 @@ def _base_env(config: Config, plan: Plan, marker: str, home: str) -> dict[str, s
     if config.sandbox.cpu_threads or config.sandbox.clock == "cpu":
         env["AUTORESEARCH_CPU_THREADS"] = str(threads)
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    if config.sandbox.clock == "cpu":
+        # Threads that spin while they wait burn CPU seconds that do no work, and spin longer on a busy machine;
+        # passive waiting keeps the CPU clock a measure of work done.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
