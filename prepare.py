@@ -743,9 +743,9 @@ class EvaluationRejected(RuntimeError):
 def load_program(path: Path, trusted: tuple[str, ...] = TRUSTED_OP_NAMESPACES) -> Any:
     """Load an exported program and refuse anything but a pure function of the token ids.
 
-    Refused: state the program mutates (buffers or inputs), more than one input or output, constants that are not
-    tensors, and any call that is not an operator of a trusted namespace (no Python callables, no custom operators
-    unless trusted). What is left cannot tell a probe from a scored batch except by the tokens themselves.
+    Refused: state the program mutates (buffers or inputs, in its signature or through any in-place operator), more
+    than one input or output, constants that are not tensors, and any call that is not an operator of a trusted
+    namespace (no Python callables, no custom operators unless trusted). What is left cannot tell a probe from a scored batch except by the tokens themselves.
     """
     import operator
 
@@ -756,11 +756,6 @@ def load_program(path: Path, trusted: tuple[str, ...] = TRUSTED_OP_NAMESPACES) -
     except Exception as exc:
         raise EvaluationRejected(f"{path} is not a program saved by prepare.save_checkpoint "
                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    try:  # functional form: every in-place update of state becomes visible in the signature
-        program = program.run_decompositions({})
-    except Exception as exc:
-        raise EvaluationRejected(f"the exported model cannot be put in functional form ({type(exc).__name__}: "
-                                 f"{str(exc)[:200]})") from None
     sig = program.graph_signature
     if sig.buffers_to_mutate or sig.user_inputs_to_mutate:
         raise EvaluationRejected("the exported model mutates state (buffers or inputs) in forward; the evaluation "
@@ -783,8 +778,11 @@ def load_program(path: Path, trusted: tuple[str, ...] = TRUSTED_OP_NAMESPACES) -
             target = node.target
             if target is operator.getitem:
                 continue
-            if isinstance(target, torch._ops.OpOverload) and target.namespace in trusted \
-                    and not target._schema.is_mutable:
+            if isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable:
+                raise EvaluationRejected(f"the exported graph uses the in-place operator {target}, which can update "
+                                         "state between calls; write forward without in-place updates (the "
+                                         "evaluation accepts only a pure function of the token ids)")
+            if isinstance(target, torch._ops.OpOverload) and target.namespace in trusted:
                 continue
             raise EvaluationRejected(f"the exported graph calls {target!r}, which is not an operator of a trusted "
                                      f"namespace ({', '.join(trusted)}); use plain tensor operations")

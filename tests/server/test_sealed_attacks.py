@@ -228,7 +228,8 @@ def test_a_model_that_counts_its_calls_to_tell_the_probe_from_the_score_is_rejec
     assert counting != lab.original
     (lab.workspace / "train.py").write_text(counting)
     result = lab.call("run_experiment", {"description": "stateful model"})
-    assert result["status"] == "crash" and "mutates state" in (result["failure"] or "") + (result["log_tail"] or "")
+    said = (result["failure"] or "") + (result["log_tail"] or "")
+    assert result["status"] == "crash" and ("mutates state" in said or "in-place operator" in said), said
     lab.revert(result)
 
 
