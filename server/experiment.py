@@ -76,7 +76,7 @@ class ExperimentPaths:
     experiment_dir: Path
     pinned_dir: Path
     run_dir: Path
-    private_dir: Path | None = None
+    private_dir: Path  # outside the workspace: the evaluation's raw output (holdout lines included) goes there
 
     @property
     def snapshot(self) -> Path:
@@ -97,8 +97,7 @@ class ExperimentPaths:
 
     @property
     def eval_log(self) -> Path:
-        base = self.private_dir or self.experiment_dir
-        return base / f"{self.experiment_dir.name}-eval.log" if self.private_dir else base / "eval.log.private"
+        return self.private_dir / f"{self.experiment_dir.name}-eval.log"
 
 
 def _threads(config: Config) -> int:
