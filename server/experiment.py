@@ -57,6 +57,7 @@ class Outcome:
     sealed: bool = True
     private: dict[str, float | str] = field(default_factory=dict)
     violations: tuple[str, ...] = ()  # locked copies the command changed inside its own sandbox
+    device: str | None = None  # where it ran ("cpu", "cuda:0 NVIDIA H200", a Ray node's ...); set by the executor
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class Plan:
     pins: tuple[Pin, ...]
     data_sha256: Mapping[str, str] = field(default_factory=dict)
     passed_env: Mapping[str, str] = field(default_factory=dict)
+    gpu: str | None = None  # CUDA_VISIBLE_DEVICES for this experiment (its slot's GPU); None: the machine's default
+    cpus: tuple[int, ...] | None = None  # the cores its slot owns (pinned); None: `sandbox.cpu_threads` decides
 
 
 @dataclass(frozen=True)
@@ -100,12 +103,16 @@ class ExperimentPaths:
         return self.private_dir / f"{self.experiment_dir.name}-eval.log"
 
 
-def _threads(config: Config) -> int:
+def _threads(config: Config, plan: Plan | None = None) -> int:
+    if plan is not None and plan.cpus:
+        return len(plan.cpus)
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(config.sandbox.cpu_threads or available, available)
 
 
-def _cpus(config: Config) -> tuple[int, ...]:
+def _cpus(config: Config, plan: Plan | None = None) -> tuple[int, ...]:
+    if plan is not None and plan.cpus is not None:
+        return plan.cpus
     if not config.sandbox.cpu_threads or not hasattr(os, "sched_getaffinity"):
         return ()
     return tuple(sorted(os.sched_getaffinity(0)))[:config.sandbox.cpu_threads]
@@ -122,8 +129,10 @@ def _base_env(config: Config, plan: Plan, marker: str, home: str) -> dict[str, s
                 MARK_VAR: marker})
     for name in ("AUTORESEARCH_CHECKPOINT", "AUTORESEARCH_RUN_DIR", "AUTORESEARCH_SEED"):
         env.pop(name, None)
-    threads = _threads(config)
-    if config.sandbox.cpu_threads or config.sandbox.clock == "cpu":
+    threads = _threads(config, plan)
+    if plan.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = plan.gpu
+    if config.sandbox.cpu_threads or plan.cpus or config.sandbox.clock == "cpu":
         env["AUTORESEARCH_CPU_THREADS"] = str(threads)
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     if config.sandbox.clock == "cpu":
@@ -259,7 +268,7 @@ async def execute(config: Config, plan: Plan, paths: ExperimentPaths,
         return Outcome("invalid", "; ".join(bad_data), None, False, sealed=plan.sealed)
     stage_work(cfg, plan, paths)
     marker = uuid.uuid4().hex
-    threads = _threads(cfg)
+    threads = _threads(cfg, plan)
     allowance = cfg.time_budget_s + cfg.sandbox.startup_s
     cpu_limit = allowance * threads if cfg.sandbox.clock == "cpu" else None
     wall_limit = cfg.hard_timeout_s if cpu_limit is not None else min(cfg.hard_timeout_s, allowance)
@@ -271,7 +280,7 @@ async def execute(config: Config, plan: Plan, paths: ExperimentPaths,
             spec = sandbox.SandboxSpec(work=paths.work, work_inside=INSIDE_WORK, env=env,
                                        read_only=tuple(Path(p) for p in cfg.sandbox.train_read),
                                        extra_rw=((paths.out, INSIDE_OUT),), devices=sandbox.gpu_devices(),
-                                       memory_mb=cfg.sandbox.memory_mb, cpus=_cpus(cfg))
+                                       memory_mb=cfg.sandbox.memory_mb, cpus=_cpus(cfg, plan))
             argv = sandbox.build_argv(spec, argv)
             launch_env: dict[str, str] | None = {"PATH": sandbox.SAFE_PATH}
         else:
@@ -285,7 +294,7 @@ async def execute(config: Config, plan: Plan, paths: ExperimentPaths,
                               log_path=paths.experiment_dir / "run.log", log_max_bytes=cfg.log_max_bytes,
                               timeout_s=wall_limit, cpu_limit_s=cpu_limit, tail_lines=cfg.tail_lines,
                               on_started=on_started,
-                              preexec=lambda: sandbox.preexec(cfg.sandbox.memory_mb, _cpus(cfg)))
+                              preexec=lambda: sandbox.preexec(cfg.sandbox.memory_mb, _cpus(cfg, plan)))
     train_s = (train.cpu_s or 0.0) / threads if cpu_limit is not None else train.duration_s
     run_text = read_text(paths.experiment_dir / "run.log")
     train_metrics = parse_summary(run_text)
@@ -330,7 +339,7 @@ async def _evaluate(cfg: Config, plan: Plan, paths: ExperimentPaths, train: Proc
                                        binds=((eval_dir, INSIDE_EVAL), (paths.snapshot, INSIDE_SNAPSHOT),
                                               *(((paths.checkpoint, INSIDE_MODEL),) if paths.checkpoint.is_file()
                                                 else ())),
-                                       devices=sandbox.gpu_devices(), cpus=_cpus(cfg),
+                                       devices=sandbox.gpu_devices(), cpus=_cpus(cfg, plan),
                                        network=cfg.sandbox.eval_network)
             argv = sandbox.build_argv(spec, argv, cwd_inside=INSIDE_EVAL)
             launch_env: dict[str, str] | None = {"PATH": sandbox.SAFE_PATH}
