@@ -284,16 +284,18 @@ def build_server(source: Engine | EngineSlot) -> MCPServer:
     @server.tool(description=docs["run_experiment"],
                  annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
                                              open_world_hint=False))
-    async def run_experiment(description: str, hypothesis: str | None = None,
+    async def run_experiment(description: str, hypothesis: str | None = None, wait: bool = True,
                              ctx: Context | None = None) -> RunExperimentResult:
         return await _audited(slot, "run_experiment", ctx,
-                              lambda engine, caller: engine.run_experiment(description, hypothesis, caller))
+                              lambda engine, caller: engine.run_experiment(description, hypothesis, caller, wait))
 
     @server.tool(description=docs["read_results"],
                  annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False))
     async def read_results(last_n: int = 10, status: str | None = None, experiment_id: int | None = None,
-                           ctx: Context | None = None) -> ReadResultsResult:
+                           wait_s: float = 0, ctx: Context | None = None) -> ReadResultsResult:
         async def call(engine: Engine, caller: str) -> ReadResultsResult:
+            if wait_s:
+                await engine.wait_for_next(wait_s)
             return engine.read_results(last_n, status, experiment_id)
 
         return await _audited(slot, "read_results", ctx, call)

@@ -20,6 +20,7 @@ from server.text import SCHEMA_PATTERN, check_agent_text, UnsafeText
 MAX_DESCRIPTION = 300
 MAX_HYPOTHESIS = 1000
 MAX_LAST_N = 200
+MAX_WAIT_S = 1200.0  # read_results(wait_s): below the agent's per-call timeout (1500 s in .mcp.json)
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -30,6 +31,8 @@ class RunExperimentArgs(BaseModel):
                                       description="What this experiment changes, in one line of plain text.")]
     hypothesis: Annotated[str | None, Field(max_length=MAX_HYPOTHESIS, pattern=SCHEMA_PATTERN,
                                             description="Why it should help, in plain text.")] = None
+    wait: Annotated[bool, Field(description="true (default): return the result. false: queue it and return at "
+                                "once with its id, then edit the next variant (a wave).")] = True
 
 
 class ReadResultsArgs(BaseModel):
@@ -38,11 +41,14 @@ class ReadResultsArgs(BaseModel):
     status: Annotated[Literal["ok", "crash", "timeout", "invalid"] | None,
                       Field(description="Only list experiments with this status.")] = None
     experiment_id: Annotated[int | None, Field(ge=1, description="Also return this experiment's diff and log.")] = None
+    wait_s: Annotated[float, Field(ge=0, le=MAX_WAIT_S, description="Block up to this many seconds until the next "
+                                   "running experiment finishes (0: answer at once).")] = 0
 
 
 class CommitOrRevertArgs(BaseModel):
     model_config = _STRICT
-    experiment_id: Annotated[int | None, Field(ge=1, description="The pending experiment's id.")] = None
+    experiment_id: Annotated[int | None, Field(ge=1, description="The finished experiment to decide (required "
+                                                                 "when several are undecided).")] = None
     prefer: Annotated[Literal["keep_if_better", "revert"],
                       Field(description="keep_if_better applies the rule; revert always reverts.")] = "keep_if_better"
 
@@ -57,14 +63,17 @@ TOOL_ARGS: dict[str, ToolArgs] = {
     "run_experiment": ToolArgs(RunExperimentArgs, {
         "description": f"a string of 3 to {MAX_DESCRIPTION} characters of plain text, required",
         "hypothesis": f"a string of up to {MAX_HYPOTHESIS} characters of plain text, or omitted",
+        "wait": "true or false (a JSON boolean), or omitted for true",
     }),
     "read_results": ToolArgs(ReadResultsArgs, {
         "last_n": f"an integer from 1 to {MAX_LAST_N} (a JSON number without a fraction), or omitted for 10",
         "status": "one of \"ok\", \"crash\", \"timeout\", \"invalid\", or omitted for all",
         "experiment_id": "an integer from 1 (a JSON number without a fraction), or omitted",
+        "wait_s": f"a number of seconds from 0 to {MAX_WAIT_S:g}, or omitted for 0",
     }),
     "commit_or_revert": ToolArgs(CommitOrRevertArgs, {
-        "experiment_id": "the pending experiment's id as an integer from 1, or omitted",
+        "experiment_id": "the id of a finished, undecided experiment as an integer from 1, or omitted when only "
+                         "one is undecided",
         "prefer": "\"keep_if_better\" or \"revert\", or omitted for keep_if_better",
     }),
 }

@@ -43,12 +43,13 @@ _METRIC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _TOP_KEYS = (
     "mutable", "locked", "command", "metric", "direction", "min_improvement", "time_budget_s", "hard_timeout_s",
     "evaluate", "runs_dir", "branch_prefix", "log_max_bytes", "tail_lines", "memory_metric", "fingerprint_metric",
-    "env", "profile", "profiles", "sandbox", "noise_runs", "confirm_runs", "noise_k",
+    "env", "profile", "profiles", "sandbox", "noise_runs", "confirm_runs", "noise_k", "slots",
 )
 _PROFILE_KEYS = tuple(k for k in _TOP_KEYS if k not in ("profile", "profiles"))
 _EVALUATE_KEYS = ("mode", "command", "timeout_s")
 _SANDBOX_KEYS = ("mode", "allow_unsealed", "startup_s", "clock", "memory_mb", "cpu_threads", "train_read", "eval_read",
                  "pass_env", "max_artifact_mb", "eval_network", "eval_env")
+_SLOTS_KEYS = ("count", "gpus", "executor", "ray_address", "gpus_per_experiment", "cpus_per_experiment", "max_queued")
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _REQUIRED = ("mutable", "command", "metric", "direction", "time_budget_s", "hard_timeout_s")
 # Who may move a run's result beyond its branch; top level only (a machine profile must not change who approves).
@@ -96,6 +97,26 @@ class SandboxConfig:
 
 
 @dataclass(frozen=True)
+class SlotsConfig:
+    """How many experiments run at once, and where (see server/slots.py).
+
+    `gpus`: "none" (the default: `count` slots that share the machine as today's single slot does), "all" (one slot
+    per visible GPU) or a list of GPU indexes (one slot each). `count` is the number of CPU slots when `gpus` is
+    "none", and the number of Ray tasks kept in flight with `executor = "ray"`. `max_queued` bounds how many
+    experiments may be queued, running or undecided at once (0: twice the slots); with one slot it is always 1,
+    which is the single loop's rule (decide before you run the next).
+    """
+
+    count: int = 1
+    gpus: str | tuple[int, ...] = "none"
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str = "auto"
+    gpus_per_experiment: float = 1.0
+    cpus_per_experiment: float = 1.0
+    max_queued: int = 0
+
+
+@dataclass(frozen=True)
 class AutoPromoteLimits:
     """The written limits of ``autonomy = "auto-promote"``: a kept change outside any of them waits for a person."""
 
@@ -128,6 +149,7 @@ class Config:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     profile: str = ""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    slots: SlotsConfig = field(default_factory=SlotsConfig)
     table: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # merged TOML, frozen at init
     autonomy: Literal["observe", "propose", "auto-promote"] = "propose"
     auto_promote: AutoPromoteLimits = field(default_factory=AutoPromoteLimits)
@@ -261,6 +283,9 @@ def load_config(
         if "sandbox" in body:
             v.require_table(body["sandbox"], f"profiles.{name}.sandbox")
             v.check_keys(body["sandbox"], _SANDBOX_KEYS, f"profiles.{name}.sandbox.")
+        if "slots" in body:
+            v.require_table(body["slots"], f"profiles.{name}.slots")
+            v.check_keys(body["slots"], _SLOTS_KEYS, f"profiles.{name}.slots.")
 
     env_map = os.environ if environ is None else environ
     requested, origin = profile, "the profile argument"
@@ -341,7 +366,7 @@ def _merge(
     origins: dict[str, str] = {}
     for key, value in overrides.items():
         where = f"profiles.{profile}.{key}"
-        if key in ("evaluate", "env", "sandbox") and isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if key in ("evaluate", "env", "sandbox", "slots") and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
             origins.update({f"{key}.{sub}": f"{where}.{sub}" for sub in value})
         else:
@@ -494,6 +519,7 @@ def _build(ws: Path, source: Path, d: dict[str, Any], profile: str, v: _Validato
         env=MappingProxyType(dict(env)),
         profile=profile,
         sandbox=_sandbox(d.get("sandbox", {}), v, d.get("hard_timeout_s")),
+        slots=_slots(d.get("slots", {}), v),
         table=MappingProxyType(json.loads(json.dumps(d))),
         autonomy=v.choice(d.get("autonomy", "propose"), "autonomy", AUTONOMY_LEVELS),  # type: ignore[arg-type]
         auto_promote=_auto_promote(d.get("auto_promote", {}), v),
@@ -561,6 +587,34 @@ def _sandbox(table: Any, v: _Validator, hard_timeout: Any) -> SandboxConfig:
         eval_env=names["eval_env"],
         eval_network=network,
         max_artifact_mb=v.integer(table.get("max_artifact_mb", 8192), "sandbox.max_artifact_mb", 1),
+    )
+
+
+def _slots(table: Any, v: _Validator) -> SlotsConfig:
+    v.require_table(table, "slots")
+    v.check_keys(table, _SLOTS_KEYS, "slots.")
+    gpus: str | tuple[int, ...] = "none"
+    raw = table.get("gpus", "none")
+    if raw in ("none", "all"):
+        gpus = raw
+    elif isinstance(raw, list) and raw and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                for x in raw) and len(set(raw)) == len(raw):
+        gpus = tuple(raw)
+    else:
+        raise v.fail("slots.gpus", raw, '"none", "all", or a list of distinct GPU indexes such as [0, 1]')
+    address = table.get("ray_address", "auto")
+    if not isinstance(address, str) or not address.strip():
+        raise v.fail("slots.ray_address", address, '"auto" or a cluster address such as "ray://head:10001"')
+    return SlotsConfig(
+        count=v.integer(table.get("count", 1), "slots.count", 1, 1024),
+        gpus=gpus,
+        executor=v.choice(table.get("executor", "local"), "slots.executor", ("local", "ray")),  # type: ignore[arg-type]
+        ray_address=expand_env_refs(address.strip()),
+        gpus_per_experiment=v.number(table.get("gpus_per_experiment", 1.0), "slots.gpus_per_experiment",
+                                     minimum=0.0, exclusive=False),
+        cpus_per_experiment=v.number(table.get("cpus_per_experiment", 1.0), "slots.cpus_per_experiment",
+                                     minimum=0.0, exclusive=False),
+        max_queued=v.integer(table.get("max_queued", 0), "slots.max_queued", 0, 10_000),
     )
 
 

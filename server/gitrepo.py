@@ -254,9 +254,10 @@ class GitRepo:
                 self._git("update-index", "--add", "--cacheinfo", f"{mode:o},{sha},{rel}", env=env)
             return self._git("write-tree", env=env)
 
-    def _commit_tree(self, tree: str, parent: str, message: str) -> str:
+    def _commit_tree(self, tree: str, parent: str, message: str, second_parent: str | None = None) -> str:
         self.ensure_identity()
-        return self._git("commit-tree", tree, "-p", parent, "-m", message)
+        extra = ["-p", second_parent] if second_parent else []
+        return self._git("commit-tree", tree, "-p", parent, *extra, "-m", message)
 
     def snapshot_commit(self, parent: str, paths: Iterable[str], message: str, ref: str) -> str:
         """Record the working copy of ``paths`` as a child of ``parent`` under ``ref``; returns the commit sha.
@@ -297,11 +298,13 @@ class GitRepo:
         """Check out branch (or commit) ``name``; git refuses if that would overwrite local changes."""
         self._git("checkout", "--quiet", name, "--")
 
-    def advance_branch(self, branch: str, tree_from_commit: str, message: str) -> str:
+    def advance_branch(self, branch: str, tree_from_commit: str, message: str,
+                       second_parent: str | None = None) -> str:
         """Commit ``tree_from_commit``'s tree on the checked-out ``branch`` and reset the index to it (not the files).
 
-        The working tree already holds that content (it is what was just measured), so only the branch and the index
-        move; ``git status`` is clean afterwards.
+        Only the branch and the index move; the caller puts the files in place. ``second_parent`` records where the
+        content came from when it did not start from the tip (a variant of a wave started from an older tip): the
+        commit then has the tip as first parent and that commit as second, so history shows both.
         """
         if self.current_branch() != branch:
             raise GitError(
@@ -310,7 +313,7 @@ class GitRepo:
             )
         tip = self.branch_tip(branch)
         tree = self._git("rev-parse", "--verify", f"{self.resolve(tree_from_commit)}^{{tree}}")
-        commit = self._commit_tree(tree, tip, message)
+        commit = self._commit_tree(tree, tip, message, second_parent)
         self._git("update-ref", "-m", f"autoresearch: {message.splitlines()[0] if message else 'keep'}",
                   f"refs/heads/{branch}", commit, tip)
         self._git("reset", "--quiet", "--mixed")

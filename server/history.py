@@ -38,8 +38,9 @@ def annotate(experiments: list[Experiment]) -> list[Annotated]:
 
 
 def best_kept(experiments: list[Experiment]) -> Experiment | None:
+    """The most recently kept experiment with a metric (see `Ledger.best_kept`): by decision time, then id."""
     kept = [e for e in experiments if e.decision == "keep" and e.metric is not None]
-    return max(kept, key=lambda e: e.id) if kept else None
+    return max(kept, key=lambda e: (e.decided_at or e.finished_at, e.id)) if kept else None
 
 
 def baseline(experiments: list[Experiment]) -> Experiment | None:

@@ -85,6 +85,9 @@ class Experiment:
     sealed: bool = True  # ran in the sandbox (False: the run allowed unsealed experiments; train.py could forge)
     repeat_of: int | None = None  # a re-run of that experiment's snapshot with a fresh seed (noise or confirmation)
     noise_floor: float | None = None  # on a baseline repeat: the spread of the baseline's runs so far
+    device: str | None = None  # where it ran: "cpu", "cuda:0 NVIDIA H200", "ray:<node> ..." (server/slots.py)
+    slot: int | None = None  # the run's slot it ran in
+    decided_at: str | None = None  # when it was decided (kept changes are ordered by it, not by id: see best_kept)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, int) or isinstance(self.id, bool) or self.id < 1:
@@ -140,6 +143,7 @@ class _Entry:
     kept_commit: str | None = None
     decision_offset: int | None = None
     decision_length: int = 0
+    repeat_of: int | None = None
 
 
 class Ledger:
@@ -164,6 +168,8 @@ class Ledger:
         self._ids: list[int] = []  # sorted
         self._by_status: dict[str, list[int]] = {s: [] for s in STATUSES}
         self._kept: list[int] = []  # sorted ids of kept experiments with a metric
+        self._kept_order: list[int] = []  # the same ids in the order they were kept (the last one is the best)
+        self._repeats: dict[int, list[int]] = {}  # experiment id -> ids of its repeat runs
         self._last_kept_commit: tuple[int, str] | None = None
         self._pending: set[int] = set()
         self._baseline: int | None = None
@@ -201,7 +207,8 @@ class Ledger:
                 exp_id = _check_experiment_line(rec)  # the checks of Experiment without building one
                 if exp_id in self._entries:
                     raise ValueError(f"experiment {exp_id} recorded twice")
-                self._add(_Entry(exp_id, offset, len(raw), rec["status"], rec["metric"], bool(rec["is_baseline"])))
+                self._add(_Entry(exp_id, offset, len(raw), rec["status"], rec["metric"], bool(rec["is_baseline"]),
+                                 repeat_of=rec.get("repeat_of")))
                 if rec["decision"] is not None:
                     self._decide(exp_id, rec["decision"], rec["kept_commit"], None, 0)
                 return LedgerLine(offset, raw, "experiment", exp_id)
@@ -237,14 +244,16 @@ class Ledger:
             rows = json.loads(b"[" + b",".join(lines) + b"]")
             end = 0
             for row in rows:
-                offset, length, kind, exp_id, status, metric, baseline, decision, kept = row
+                if len(row) != 10:
+                    raise ValueError("an entry of an older format (without repeat links)")
+                offset, length, kind, exp_id, status, metric, baseline, decision, kept, repeat_of = row
                 if offset != end:
                     raise ValueError(f"entry at byte {offset} does not follow the one ending at {end}")
                 self._lines += 1
                 if kind == "e":
                     if exp_id in self._entries:
                         raise ValueError(f"experiment {exp_id} indexed twice")
-                    self._add(_Entry(exp_id, offset, length, status, metric, bool(baseline)))
+                    self._add(_Entry(exp_id, offset, length, status, metric, bool(baseline), repeat_of=repeat_of))
                     if decision is not None:
                         self._decide(exp_id, decision, kept, None, 0)
                 elif kind == "d" and exp_id in self._entries and self._entries[exp_id].decision is None:
@@ -268,9 +277,9 @@ class Ledger:
     def _index_row(self, offset: int, length: int, record: Mapping[str, Any]) -> list[Any]:
         if record["type"] == "experiment":
             return [offset, length, "e", record["id"], record["status"], record["metric"], record["is_baseline"],
-                    record["decision"], record["kept_commit"]]
+                    record["decision"], record["kept_commit"], record.get("repeat_of")]
         kept = record["commit"] if record["decision"] == "keep" else None
-        return [offset, length, "d", record["experiment_id"], None, None, None, record["decision"], kept]
+        return [offset, length, "d", record["experiment_id"], None, None, None, record["decision"], kept, None]
 
     def _append_index_locked(self, offset: int, length: int, record: Mapping[str, Any]) -> None:
         """Append the new line's entry when the index covers everything before it, else rewrite the index from
@@ -288,10 +297,10 @@ class Ledger:
             for e in self._entries.values():
                 inline = e.decision if e.decision_offset is None else None
                 rows.append([e.offset, e.length, "e", e.id, e.status, e.metric, e.is_baseline, inline,
-                             e.kept_commit if inline == "keep" else None])
+                             e.kept_commit if inline == "keep" else None, e.repeat_of])
                 if e.decision_offset is not None:
                     rows.append([e.decision_offset, e.decision_length, "d", e.id, None, None, None, e.decision,
-                                 e.kept_commit if e.decision == "keep" else None])
+                                 e.kept_commit if e.decision == "keep" else None, None])
             rows.sort(key=lambda r: r[0])
             jsonl.atomic_write_text(self.index_path, b"".join(_encode_row(r) for r in rows).decode("utf-8"))
         except (OSError, ValueError, TypeError, IndexError) as exc:
@@ -305,6 +314,8 @@ class Ledger:
             bisect.insort(self._ids, entry.id)
         bisect.insort(self._by_status[entry.status], entry.id)
         self._pending.add(entry.id)
+        if entry.repeat_of is not None:
+            self._repeats.setdefault(entry.repeat_of, []).append(entry.id)
         if entry.is_baseline and entry.status == "ok" and (self._baseline is None or entry.id < self._baseline):
             self._baseline = entry.id
 
@@ -317,7 +328,8 @@ class Ledger:
             entry.kept_commit = kept_commit or entry.kept_commit
             if entry.metric is not None:
                 bisect.insort(self._kept, exp_id)
-            if entry.kept_commit and (self._last_kept_commit is None or exp_id > self._last_kept_commit[0]):
+                self._kept_order.append(exp_id)
+            if entry.kept_commit:  # lines are folded in file order, which is the order decisions were made
                 self._last_kept_commit = (exp_id, entry.kept_commit)
         self._pending.discard(exp_id)
         self._decided += 1
@@ -460,10 +472,24 @@ class Ledger:
             return self._read(self._entries[self._baseline]) if self._baseline is not None else None
 
     def best_kept(self) -> Experiment | None:
-        """The last kept experiment with a metric (kept changes always improve, so it is the best)."""
+        """The most recently kept experiment with a metric: a change is kept only when it beats the best at that
+        moment, so the last one kept is the best. With several slots, decisions can come out of id order (experiment
+        5 kept after 6), so this is the last by decision, not by id."""
         with self._mutex:
             self.refresh()
-            return self._read(self._entries[self._kept[-1]]) if self._kept else None
+            return self._read(self._entries[self._kept_order[-1]]) if self._kept_order else None
+
+    def repeats_of(self, experiment_id: int) -> list[Experiment]:
+        """The repeat runs of an experiment (its noise or confirmation runs), in id order."""
+        with self._mutex:
+            self.refresh()
+            return [self._read(self._entries[i]) for i in sorted(self._repeats.get(experiment_id, []))]
+
+    def pending_ids(self) -> list[int]:
+        """Ids of every experiment recorded and not yet decided, lowest first."""
+        with self._mutex:
+            self.refresh()
+            return sorted(self._pending)
 
     def best_before(self, experiment_id: int) -> float | None:
         """The best kept metric among experiments with a lower id (what `history.annotate` computes)."""
@@ -473,7 +499,7 @@ class Ledger:
             return self._entries[self._kept[i - 1]].metric if i else None
 
     def last_kept_commit(self) -> str | None:
-        """The branch commit of the highest-id kept experiment, None before any."""
+        """The branch commit of the most recently kept experiment (the branch's tip), None before any."""
         with self._mutex:
             self.refresh()
             return self._last_kept_commit[1] if self._last_kept_commit else None
@@ -554,7 +580,8 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def _apply_decision(exp: Experiment, line: Mapping[str, Any]) -> Experiment:
     decision = line["decision"]
     kept = line.get("commit") if decision == "keep" else exp.kept_commit
-    return dataclasses.replace(exp, decision=decision, decision_reason=line.get("reason"), kept_commit=kept)
+    return dataclasses.replace(exp, decision=decision, decision_reason=line.get("reason"), kept_commit=kept,
+                               decided_at=line.get("time") or exp.decided_at)
 
 
 def _results_header(metric_name: str) -> str:

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 Status = Literal["ok", "crash", "timeout", "invalid"]
+RunStatus = Literal["ok", "crash", "timeout", "invalid", "queued", "running"]
 
 
 def round_delta(value: float | None) -> float | None:
@@ -23,7 +24,8 @@ Delta = Annotated[float | None, AfterValidator(round_delta)]
 
 class RunExperimentResult(BaseModel):
     id: int
-    status: Status
+    status: RunStatus = Field(description="queued | running only with wait=false: the experiment goes on in the "
+                              "background; read_results(wait_s=...) returns when one finishes.")
     metric_name: str
     metric: float | None = Field(description="The verified metric of this run (None when it failed).")
     verified: bool = Field(description="False only in compatibility mode, where train.py printed the metric itself.")
@@ -36,7 +38,19 @@ class RunExperimentResult(BaseModel):
     peak_memory_mb: float | None = None
     failure: str | None = None
     log_tail: str | None = Field(default=None, description="Last lines of the run's log, for failures only.")
+    slot: int | None = Field(default=None, description="The slot it runs or ran in (None while queued).")
+    queue_position: int | None = Field(default=None, description="With wait=false: 0 = next to get a free slot.")
     next_step: str
+
+
+class InFlightRow(BaseModel):
+    id: int
+    state: Literal["queued", "running"]
+    description: str
+    slot: int | None = None
+    device: str | None = None
+    remaining_s: float | None = Field(default=None, description="Seconds until its hard limit (running only).")
+    repeat_of: int | None = None
 
 
 class ExperimentRow(BaseModel):
@@ -82,6 +96,10 @@ class ReadResultsResult(BaseModel):
     pending_id: int | None
     in_flight_id: int | None
     violations: int
+    pending_ids: list[int] = Field(default_factory=list, description="Every finished, undecided experiment "
+                                  "(decide each with commit_or_revert(experiment_id=...)).")
+    in_flight: list[InFlightRow] = Field(default_factory=list, description="Queued and running experiments.")
+    slots: int = Field(default=1, description="How many experiments this run executes at once.")
     noise_floor: float | None = Field(default=None, description="Sample standard deviation of the baseline's runs "
                                       "(same code, fresh seeds). A change is kept only when it beats the best's mean "
                                       "by more than max(min_improvement, noise_k x noise_floor), confirmed by re-runs.")

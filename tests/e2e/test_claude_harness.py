@@ -5,6 +5,7 @@ Each test runs the harness as a subprocess on a real git workspace (the tiny fak
 branch and the audit chain agree after normal work, tampering, stop attempts, API hangs and outages, and kills.
 """
 
+from server.inflight import read_entries
 from __future__ import annotations
 
 import json
@@ -372,11 +373,8 @@ def test_sigterm_stops_the_harness_gracefully_and_leaves_no_agent_process_behind
 
 
 def _inflight_id(harness: HarnessProcess) -> int | None:
-    try:
-        data = json.loads((harness.run_dir / "inflight.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data.get("id") if data.get("pgid") else None
+    running = [e for e in read_entries(harness.run_dir) if e.get("pgid")]
+    return running[0]["id"] if running else None
 
 
 def test_a_repository_left_detached_with_a_stray_commit_is_repaired_by_the_harness_and_the_loop_continues(

@@ -15,6 +15,7 @@ import pytest
 from helpers import git, set_constant
 from helpers import make_engine as open_engine
 from server.config import load_config
+from server.inflight import read_entries
 from server.engine import Engine, InvalidArgument, Refusal
 from server.runner import marked_alive
 from server.runstate import init_run, load_run
@@ -284,7 +285,7 @@ def test_a_cancelled_run_is_killed_and_recorded(workspace: Path) -> None:
         while engine.in_flight() is None or engine.in_flight().pgid is None:
             assert time.monotonic() < deadline, "the run never started"
             await asyncio.sleep(0.02)
-        markers.append(json.loads((engine.run_dir / "inflight.json").read_text())["marker"])
+        markers.append(read_entries(engine.run_dir)[0]["marker"])
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -323,7 +324,7 @@ def test_a_server_killed_mid_run_is_recovered_on_restart_without_loss_or_duplica
             break
         assert time.monotonic() < deadline and proc.poll() is None, "the second experiment never started"
         time.sleep(0.05)
-    marker = json.loads((engine.run_dir / "inflight.json").read_text())["marker"]
+    marker = read_entries(engine.run_dir)[0]["marker"]
     proc.kill()  # SIGKILL: no cleanup runs in the server
     proc.wait(timeout=10)
 
