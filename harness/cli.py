@@ -129,12 +129,12 @@ def status_lines(config: Config, run: RunInfo, engine: Engine) -> list[str]:
                     "re-run(s))" if view.noise_floor is not None else f"- (noise_runs = {config.noise_runs})"))
     lines.append(f"experiments {c['total']}: ok {c['ok']}, crash {c['crash']}, timeout {c['timeout']}, invalid "
                  f"{c['invalid']}; kept {c['kept']}, discarded {c['discarded']}, pending {c['pending']}")
-    current = engine.in_flight()
-    if current:
-        elapsed = time.time() - current.started_at
-        lines.append(f"in flight: experiment {current.id} '{current.description}' for {elapsed:.0f} s, hard limit in "
-                     f"{current.remaining_s:.0f} s")
-    else:
+    lines.append(f"slots {view.slots}" + (f" ({config.slots.executor})" if config.slots.executor != "local" else ""))
+    for row in view.in_flight:
+        where = f"slot {row.slot} ({row.device})" if row.slot is not None else "queued"
+        left = f", hard limit in {row.remaining_s:.0f} s" if row.remaining_s is not None else ""
+        lines.append(f"in flight: experiment {row.id} '{row.description}' {where}{left}")
+    if not view.in_flight:
         lines.append("in flight: none")
     lines.append(f"violations {view.violations}")
     supervisor = run.run_dir / "supervisor.json"
@@ -155,11 +155,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Best result, counts, the experiment in flight and its remaining budget."""
     config, run, engine = _open(args)
     if args.json:
-        view = engine.read_results(last_n=5).model_dump(mode="json")
-        current = engine.in_flight()
-        view["in_flight"] = None if current is None else {"id": current.id, "description": current.description,
-                                                          "remaining_s": round(current.remaining_s, 1)}
-        print(json.dumps(view, indent=2))
+        print(json.dumps(engine.read_results(last_n=5).model_dump(mode="json"), indent=2))
         return 0
     print("\n".join(status_lines(config, run, engine)))
     return 0

@@ -51,6 +51,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from server.inflight import read_entries
 from server.audit import AuditLog
 from server.config import Config
 from server.integrity import Pin, PinMismatch, check_pins, restore_pin, sha256_bytes
@@ -366,10 +367,10 @@ def _permissions(path: Path) -> int | None:
 
 
 def _in_flight_id(path: Path) -> int | None:
-    try:
-        return int(json.loads(path.read_text(encoding="utf-8"))["id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The first experiment in flight (with several slots, a violation is charged to the lowest running id; every
+    experiment running at that moment is voided by the server's own check anyway)."""
+    entries = read_entries(path.parent)
+    return int(entries[0]["id"]) if entries else None
 
 
 def _text(path: str | bytes) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from server.inflight import read_entries
 from server import history
 from server.config import Config
 from server.jsonl import read_records
@@ -69,6 +70,7 @@ class LoopState:
     stop_file: bool
     now: float
     rejections: tuple[str, ...] = ()  # reasons people gave `autoresearch reject` for this run's result
+    in_flight_all: tuple[InFlightExperiment, ...] = ()  # every running experiment (several with slots), by id
 
     # ---- facts ----
 
@@ -86,9 +88,10 @@ class LoopState:
 
     @property
     def experiments_started(self) -> int:
-        """Recorded experiments plus the one running now (it counts against a limit from the moment it starts)."""
-        running = self.in_flight is not None and all(e.id != self.in_flight.id for e in self.experiments)
-        return len(self.experiments) + (1 if running else 0)
+        """Recorded experiments plus those running now (they count against a limit from the moment they start)."""
+        recorded = {e.id for e in self.experiments}
+        flying = self.in_flight_all or ((self.in_flight,) if self.in_flight is not None else ())
+        return len(self.experiments) + sum(1 for f in flying if f.id not in recorded)
 
     def time_left_s(self) -> float | None:
         return None if self.limits.deadline is None else self.limits.deadline - self.now
@@ -113,9 +116,14 @@ class LoopState:
         reason = self.stop_reason()
         if reason:
             return f"Stop: {reason}. Summarise the best result and end."
+        if len(self.in_flight_all) > 1:
+            ids = ", ".join(str(f.id) for f in self.in_flight_all)
+            return (f"Experiments {ids} are running (a wave): call read_results with wait_s to wait for the next "
+                    "result, decide each finished one with commit_or_revert(experiment_id=...), and submit the next "
+                    "variants with run_experiment(wait=false).")
         if self.in_flight is not None:
-            return (f"Experiment {self.in_flight.id} is running; wait for run_experiment to return, then decide it "
-                    "with commit_or_revert.")
+            return (f"Experiment {self.in_flight.id} is running; wait for run_experiment to return (or call "
+                    "read_results with wait_s), then decide it with commit_or_revert.")
         waiting = self.pending
         if waiting is not None:
             return f"Call commit_or_revert to decide experiment {waiting.id}, then try the next idea."
@@ -143,9 +151,9 @@ class LoopState:
                       for e in recent]
         waiting = self.pending
         lines.append(f"pending decision: #{waiting.id}" if waiting else "pending decision: none")
-        if self.in_flight is not None:
-            left = max(0.0, self.in_flight.deadline - self.now)
-            lines.append(f"in flight: #{self.in_flight.id} {_cut(self.in_flight.description, 60)} "
+        for current in self.in_flight_all[:8] or ((self.in_flight,) if self.in_flight is not None else ()):
+            left = max(0.0, current.deadline - self.now)
+            lines.append(f"in flight: #{current.id} {_cut(current.description, 60)} "
                          f"(hard limit in {_duration(left)})")
         lines.append(f"violations (locked files changed and restored): {self.violations}")
         left_s = self.time_left_s()
@@ -198,6 +206,7 @@ def read_loop_state(config: Config, run: RunRef, *, now: float | None = None) ->
     """Read the run's files; a missing or damaged optional file reads as "nothing there" (logged), never an error."""
     run_dir = Path(run.run_dir)
     experiments = tuple(Ledger(run_dir, metric_name=config.metric).experiments())
+    flying = _in_flight(run_dir)
     try:
         violations = len(read_records(run_dir / "violations.jsonl"))
     except (OSError, ValueError) as exc:
@@ -206,7 +215,8 @@ def read_loop_state(config: Config, run: RunRef, *, now: float | None = None) ->
     supervisor = _read_json(run_dir / "supervisor.json")
     return LoopState(
         tag=run.tag, metric=config.metric, direction=config.direction, mutable=tuple(config.mutable),
-        experiments=experiments, violations=violations, in_flight=_in_flight(run_dir / "inflight.json"),
+        experiments=experiments, violations=violations, in_flight=(flying[0] if flying else None),
+        in_flight_all=flying,
         limits=_limits(run_dir / "limits.json"), cost_usd=_number(supervisor.get("cost_usd")),
         stop_file=(run_dir / "stop").exists(), now=time.time() if now is None else now,
         rejections=_rejections(run_dir / "rejections.jsonl"),
@@ -247,13 +257,16 @@ def _limits(path: Path) -> Limits:
                   max_cost_usd=_number(data.get("max_cost_usd")))
 
 
-def _in_flight(path: Path) -> InFlightExperiment | None:
-    data = _read_json(path)
-    try:
-        return InFlightExperiment(id=int(data["id"]), description=str(data.get("description", "")),
-                                  started_at=float(data["started_at"]), deadline=float(data["deadline"]))
-    except (KeyError, TypeError, ValueError):
-        return None
+def _in_flight(run_dir: Path) -> tuple[InFlightExperiment, ...]:
+    """The running experiments of `inflight.json` (queued ones have no start or deadline yet)."""
+    out = []
+    for data in read_entries(run_dir):
+        try:
+            out.append(InFlightExperiment(id=int(data["id"]), description=str(data.get("description", "")),
+                                          started_at=float(data["started_at"]), deadline=float(data["deadline"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return tuple(out)
 
 
 # ---- formatting ----
@@ -291,8 +304,9 @@ class RunLoopView:
         return read_loop_state(self.config, self.run)
 
     def inflight_deadline(self) -> float | None:
-        current = self.state().in_flight
-        return current.deadline if current is not None else None
+        """The latest hard limit among the running experiments (the agent may be silent until then)."""
+        flying = self.state().in_flight_all
+        return max(f.deadline for f in flying) if flying else None
 
     def experiments_started(self) -> int:
         return self.state().experiments_started
