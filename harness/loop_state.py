@@ -195,8 +195,11 @@ class LoopState:
                 f"  #{e.id} {e.status}: {_cut(e.failure or 'no reason recorded', 150)}" for e in crashes))
         parts.append(
             "Continue the loop with the tools: call read_results, then " + self.next_action()[0].lower()
-            + self.next_action()[1:] + " Repeat: one idea per experiment, run_experiment, commit_or_revert. Do not "
-            "stop to ask; the loop ends only when the harness says so.")
+            + self.next_action()[1:] + " Repeat: one idea per experiment, run_experiment, commit_or_revert. When "
+            "read_results shows more than one slot, run waves: submit one variant per slot with "
+            "run_experiment(wait=false), wait with read_results(wait_s=...), decide each with "
+            "commit_or_revert(experiment_id=...) (program.md, \"Waves\"). Do not stop to ask; the loop ends only "
+            "when the harness says so.")
         return "\n\n".join(parts)
 
 

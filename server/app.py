@@ -223,8 +223,21 @@ async def _audited(slot: EngineSlot, tool: str, ctx: Context | None, call: Calla
     return result
 
 
+def _slot_count(cfg: Config | None) -> int:
+    """How many experiments the run executes at once (1 when the slots cannot be planned: the engine says why)."""
+    if cfg is None:
+        return 1
+    from server.slots import SlotError, plan_slots
+
+    try:
+        return len(plan_slots(cfg))
+    except SlotError:
+        return 1
+
+
 def _docs(cfg: Config | None) -> dict[str, str]:
     """What each tool's description says; the numbers come from the configuration when there is one."""
+    slots = _slot_count(cfg)
     if cfg is None:
         mutable, locked, metric, better = "the mutable file(s)", "the locked files", "the metric", "see read_results"
         budget = "a fixed budget set by the server"
@@ -246,22 +259,30 @@ def _docs(cfg: Config | None) -> dict[str, str]:
         "baseline. Refused (error result, nothing runs) while an earlier result is undecided (call commit_or_revert), "
         f"when a locked file ({locked}) was changed (it is restored), or when the repository was changed by other "
         "means. description: one line of plain text saying what this experiment changes (3-300 chars). hypothesis: "
-        "optional, why it should help (up to 1000 chars). No other arguments; control characters are refused."
+        "optional, why it should help (up to 1000 chars). wait: optional, default true."
+        + (f" This run has {slots} slots, so run experiments in WAVES: edit a variant, call run_experiment with "
+           "wait=false (it snapshots the file now and returns at once with its id), edit the next variant, submit it "
+           f"the same way, up to {slots} at once (more are queued); then call read_results with wait_s to wait for "
+           "results and decide each finished one with commit_or_revert(experiment_id=...). A variant kept after "
+           "another replaces the best code (it is compared with the best at decision time)." if slots > 1 else "")
+        + " No other arguments; control characters are refused."
     )
     results_doc = (
         f"Read the history of this run: baseline and best {metric} ({better}), counts by status, the "
         "last experiments (id, status, metric, delta = metric minus the best kept before it, decision, description), "
         "the pending experiment if any. Pass experiment_id to also get that experiment's full diff, log tail, metrics "
         "and failure reason, so failed ideas are never lost. last_n: integer 1-200 (default 10). status: filter rows "
-        "by ok | crash | timeout | invalid. Read-only."
+        "by ok | crash | timeout | invalid. in_flight lists queued and running experiments (slot, seconds left); "
+        "pending_ids the finished, undecided ones. wait_s: optional, block up to that many seconds until the next "
+        "running experiment finishes (use it instead of calling repeatedly). Read-only."
     )
     decide_doc = (
         f"Decide the pending experiment; the server applies the rule. It is KEPT (committed on the run branch with "
         f"its metric in the message) only if its {metric} beats the best kept result by more than {margin} "
         f"({better}); otherwise {mutable} is restored to the best commit. You can never keep a result that does not "
         "improve; you may always ask to revert (prefer='revert'). With no experiment pending, prefer='revert' "
-        "restores the best code (use it after a crash you will not fix). experiment_id: optional integer, must be "
-        "the pending experiment."
+        "restores the best code (use it after a crash you will not fix). experiment_id: optional integer, a finished "
+        "undecided experiment (required when several are undecided)."
     )
     if cfg is not None and (cfg.noise_runs > 1 or cfg.confirm_runs > 0):
         decide_doc += (

@@ -26,7 +26,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.config import Config
+from server.config import Config, ConfigError
 
 POLL_S = 0.1  # how often a waiting experiment looks for a slot another process freed
 
@@ -74,7 +74,7 @@ def visible_gpus() -> list[tuple[int, str]]:
     return gpus
 
 
-class SlotError(ValueError):
+class SlotError(ConfigError):
     """The configured slots cannot be made on this machine; the message says why and what to change."""
 
 
