@@ -176,6 +176,19 @@ def frozen_config(config: Config, run: RunInfo) -> Config:
     return dataclasses.replace(rebuilt, sandbox=sandbox)
 
 
+def check_slots(config: Config) -> None:
+    """Refuse at init what would fail at the first experiment: slots this machine cannot give, or Ray missing."""
+    from server.slots import plan_slots
+
+    plan_slots(config)  # SlotError (a ConfigError) says what to change
+    if config.slots.executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise RunError('slots.executor = "ray" needs Ray on this machine: pip install -e ".[ray]" (and a cluster: '
+                           "`ray start --head` here, or slots.ray_address pointing at one)")
+
+
 def init_run(config: Config, tag: str, *, allow_unsealed: bool = False) -> RunInfo:
     """Create branch `<prefix><tag>` at HEAD, pin the locked files, create `runs/<tag>/`, freeze the configuration."""
     validate_tag(tag)
@@ -205,6 +218,7 @@ def init_run(config: Config, tag: str, *, allow_unsealed: bool = False) -> RunIn
             raise RunError(f"experiments cannot be sealed on this machine: {reason}. To run anyway, unsealed (a "
                            "train.py could then forge its score; results are marked unsealed), pass "
                            "--allow-unsealed to init")
+    check_slots(config)
     base = repo.head_commit()
     base_branch = repo.current_branch()  # where `autoresearch promote` lands the approved changes
     pins = pin_files(repo, config.locked, base)

@@ -80,3 +80,22 @@ def test_bad_slot_settings_are_refused_naming_the_key(workspace: Path, body: str
 def test_device_classes_compare_the_hardware_not_the_index() -> None:
     assert device_class("cuda:0 NVIDIA H200") == device_class("cuda:3 NVIDIA H200") == "NVIDIA H200"
     assert device_class("cpu") == "cpu" and device_class(None) is None
+
+
+def test_init_refuses_gpu_slots_on_a_machine_without_gpus_before_anything_is_created(workspace: Path) -> None:
+    from server.runstate import init_run, run_dir_for
+
+    config = configured(workspace, 'gpus = "all"')
+    if plan_slots_or_none(config) is not None:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SlotError, match="no NVIDIA GPU is visible"):
+        init_run(config, "t1")
+    assert not (run_dir_for(config, "t1") / "run.json").exists()
+    assert "autoresearch/t1" not in git(workspace, "branch", "--list")
+
+
+def plan_slots_or_none(config):
+    try:
+        return plan_slots(config)
+    except SlotError:
+        return None
