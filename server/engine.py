@@ -21,38 +21,43 @@ its slot's own lock while it runs. Crash safety is in server/recovery.py.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import errno
 import fcntl
 import json
 import logging
-import math
 import os
-import shutil
 import statistics
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 from typing import Any, Callable, Iterator
 
 from server import history, sandbox
 from server.acceptance import AcceptanceMixin
+from server.decisions import DecisionMixin
+from server.scheduling import SchedulingMixin
+from server.shared import (  # noqa: F401 - Refusal and InvalidArgument are imported from here by callers
+    LIVE,
+    MAX_DESCRIPTION,
+    MAX_DIFF_CHARS,
+    MAX_HYPOTHESIS,
+    InvalidArgument,
+    Refusal,
+    bounded_tail,
+    iso,
+)
 from server.arguments import MAX_WAIT_S
 from server.agent_files import is_agent_config
-from server.audit import AuditError, AuditLog
+from server.audit import AuditLog
 from server.config import Config
-from server.experiment import ExperimentPaths, Outcome, Plan, as_float, execute, read_tail
-from server.gitrepo import GitError, GitRepo
-from server.inflight import owner_alive, owner_token, read_entries, remaining_s, write_entries
+from server.experiment import execute
+from server.gitrepo import GitRepo
+from server.inflight import owner_alive, read_entries, remaining_s, write_entries
 from server.integrity import check_pins, restore_pin
-from server.jsonl import append_record, atomic_write_text, read_records
+from server.jsonl import append_record, read_records
 from server.ledger import Experiment, Ledger, LedgerLine
 from server.models import (
-    DecisionResult,
     ExperimentDetail,
     ExperimentRow,
     InFlightRow,
@@ -60,28 +65,15 @@ from server.models import (
     Reference,
     RunExperimentResult,
 )
-from server.promotion import OBSERVE_PREFIX, auto_promote
 from server.recovery import RecoveryMixin
 from server.runstate import RunInfo, frozen_config, private_dir
-from server.slots import Slot, SlotPool, device_class, plan_slots
+from server.slots import Slot, SlotPool, plan_slots
 from server.text import UnsafeText, check_agent_text
 
 log = logging.getLogger(__name__)
 
-MAX_DESCRIPTION = 300
-MAX_HYPOTHESIS = 1000
-MAX_TAIL_CHARS = 1500
-MAX_DIFF_CHARS = 20_000
 STATE_LOCK_WAIT_S = 60.0
 WAIT_POLL_S = 0.2
-
-
-class Refusal(Exception):
-    """The agent asked for something the rules forbid right now; the message says what to do instead."""
-
-
-class InvalidArgument(Refusal):
-    """A tool argument is malformed or names something that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -97,10 +89,6 @@ class InFlight:
     @property
     def remaining_s(self) -> float:
         return max(0.0, self.deadline - time.time())
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _clean(value: object, name: str, *, min_len: int, max_len: int) -> str:
@@ -123,18 +111,10 @@ def _fresh_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 
 
-def _bounded_tail(text: str, limit: int = MAX_TAIL_CHARS) -> str:
-    return text if len(text) <= limit else "..." + text[-(limit - 3):]
-
-
-# Per engine of this process (by its token): the ids of its entries whose task is alive. Module-wide, so a second
-# engine opened on the same run in this process (a reopen) tells a live experiment from one whose task died.
-_LIVE: dict[str, set[int]] = {}
-
 Executor = Callable[..., Any]  # execute(config, plan, paths, on_started, integrity_problems) -> Outcome
 
 
-class Engine(RecoveryMixin, AcceptanceMixin):
+class Engine(SchedulingMixin, DecisionMixin, AcceptanceMixin, RecoveryMixin):
     """One run (tag) of one workspace. Several engines (processes) may share a run; files and locks keep it whole."""
 
     def __init__(self, config: Config, run: RunInfo, slots: list[Slot] | None = None) -> None:
@@ -162,7 +142,7 @@ class Engine(RecoveryMixin, AcceptanceMixin):
         self.executor: Executor = self._make_executor()
         self._tasks: dict[int, asyncio.Task[Experiment]] = {}
         self._token = os.urandom(8).hex()  # tells this engine's entries from those of other engines of the process
-        self._live: set[int] = _LIVE.setdefault(self._token, set())  # its entries whose task is alive
+        self._live: set[int] = LIVE.setdefault(self._token, set())  # its entries whose task is alive
         self._deciding: set[int] = set()
         self._lock_depth = threading.local()
 
@@ -241,7 +221,7 @@ class Engine(RecoveryMixin, AcceptanceMixin):
         """An entry made in this process is alive while its task is; one of another process while that process is."""
         owner = entry.get("owner")
         if isinstance(owner, dict) and owner.get("pid") == os.getpid() and owner_alive(owner):
-            return entry["id"] in _LIVE.get(str(owner.get("engine")), ())
+            return entry["id"] in LIVE.get(str(owner.get("engine")), ())
         return owner_alive(owner)
 
     def in_flight_all(self) -> list[dict[str, Any]]:
@@ -261,44 +241,10 @@ class Engine(RecoveryMixin, AcceptanceMixin):
                 continue
         return None
 
-    # ---- experiment ids and records of a start ----
-
-    def _next_id(self) -> int:
-        """One past the highest id the ledger, the snapshot refs and the experiment folders have used, so an id is
-        never given twice, even after a ledger write failed or a kill lost an inflight entry."""
-        exp_id = max(self.ledger.max_id(), getattr(self, "_max_seen_id", 0),
-                     max((e["id"] for e in self._entries()), default=0)) + 1
-        while (self.run_dir / "experiments" / f"{exp_id:04d}").exists() or self.repo.ref_exists(self._ref(exp_id)):
-            exp_id += 1
-        self._max_seen_id = exp_id
-        return exp_id
-
-    def _ref(self, exp_id: int) -> str:
-        return f"refs/autoresearch/{self.run.tag}/{exp_id:04d}"
-
-    def _record_start(self, entry: dict[str, Any]) -> None:
-        """Write the `experiment_started` audit record; nothing runs until it is durable, so no experiment can run
-        without a trace. When it cannot be written, the start is undone (snapshot ref, folder, entry)."""
-        exp_id = int(entry["id"])
-        try:
-            self.audit.append("server", "experiment_started", session=self.session(), status="ok", summary={
-                "experiment_id": exp_id, "description": entry["description"], "parent": entry["parent"],
-                "commit": entry["commit"], "is_baseline": entry["is_baseline"], "caller": entry["caller"],
-                "repeat_of": entry.get("repeat_of")})
-        except (OSError, AuditError) as exc:
-            self._live.discard(exp_id)
-            self._drop_entry(exp_id)
-            with contextlib.suppress(GitError):
-                self.repo.delete_ref(self._ref(exp_id), str(entry["commit"]))
-            shutil.rmtree(self.run_dir / "experiments" / f"{exp_id:04d}", ignore_errors=True)
-            raise OSError(getattr(exc, "errno", None) or errno.EIO,
-                          f"experiment {exp_id} was not started: its start could not be recorded in the audit chain "
-                          f"({exc})") from exc
-
     # ---- integrity ----
 
     def _record_violation(self, description: str, path: str, when: str, experiment_id: int | None) -> None:
-        record = {"time": _iso(time.time()), "source": "server", "path": path, "when": when,
+        record = {"time": iso(time.time()), "source": "server", "path": path, "when": when,
                   "experiment_id": experiment_id, "detail": description, "restored": True}
         append_record(self.violations_path, record)
         self.audit.append("server", "violation", session=self.session(), status="blocked", summary=record)
@@ -461,211 +407,6 @@ class Engine(RecoveryMixin, AcceptanceMixin):
                       f"({self.max_outstanding}). Call read_results with wait_s to wait for one, decide the finished "
                       "ones with commit_or_revert(experiment_id=...), then submit more.")
 
-    def _submit(self, description: str, hypothesis: str | None, caller: str | None, parent: str, diff: str,
-                is_baseline: bool) -> dict[str, Any]:
-        """Under the state lock: an id, a folder holding the snapshot of the mutable files, a snapshot commit, the
-        queued entry and its `experiment_started` record."""
-        exp_id = self._next_id()
-        exp_dir = self.run_dir / "experiments" / f"{exp_id:04d}"
-        snapshot = exp_dir / "snapshot"
-        for rel in self.config.mutable:
-            src = self.config.workspace / rel
-            dst = snapshot / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.exists():
-                shutil.copy2(src, dst)
-        (exp_dir / "diff.patch").write_text(diff, encoding="utf-8")
-        label = "baseline" if is_baseline else description
-        commit = self.repo.snapshot_commit(parent, list(self.config.mutable), f"experiment {exp_id}: {label}",
-                                           self._ref(exp_id))
-        return self._enqueue(exp_id, description, hypothesis, caller, parent, commit, diff, is_baseline, None)
-
-    def _submit_repeat(self, source: Experiment, purpose: str, caller: str | None) -> dict[str, Any]:
-        """Under the state lock: queue `source`'s snapshot again (a fresh seed is drawn when it starts)."""
-        exp_id = self._next_id()
-        exp_dir = self.run_dir / "experiments" / f"{exp_id:04d}"
-        shutil.copytree(self.run_dir / "experiments" / f"{source.id:04d}" / "snapshot", exp_dir / "snapshot")
-        (exp_dir / "diff.patch").write_text(source.diff, encoding="utf-8")
-        (exp_dir / "repeat_of").write_text(str(source.id), encoding="utf-8")  # for `_recover_orphans`
-        self.repo.point_ref(self._ref(exp_id), source.commit, f"experiment {exp_id}: {purpose} of {source.id}")
-        label = "baseline" if source.is_baseline else source.description
-        description = f"{purpose} of experiment {source.id}: {label}"[:MAX_DESCRIPTION]
-        return self._enqueue(exp_id, description, source.hypothesis, caller, source.parent, source.commit, source.diff,
-                             False, source.id)
-
-    def _enqueue(self, exp_id: int, description: str, hypothesis: str | None, caller: str | None, parent: str,
-                 commit: str, diff: str, is_baseline: bool, repeat_of: int | None) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "id": exp_id, "tag": self.run.tag, "state": "queued", "description": description,
-            "hypothesis": hypothesis, "parent": parent, "commit": commit, "diff": diff, "is_baseline": is_baseline,
-            "caller": caller, "queued_at": time.time(), "started_at": None, "deadline": None,
-            "exp_dir": str(self.run_dir / "experiments" / f"{exp_id:04d}"), "pgid": None, "marker": None,
-            "seed": None, "sealed": self.sealed, "repeat_of": repeat_of, "slot": None, "device": None,
-            "owner": {**owner_token(), "engine": self._token},
-        }
-        self._live.add(exp_id)
-        self._put_entry(entry)
-        self._record_start(entry)
-        return entry
-
-    def _spawn(self, entry: dict[str, Any]) -> asyncio.Task[Experiment]:
-        """Start the experiment's task (it waits for a slot). With wait=false nobody awaits it: it is kept here, and
-        a failure is logged, never lost (its ledger line says what happened)."""
-        exp_id = int(entry["id"])
-        runner = self._baseline_then_noise(entry) if entry["is_baseline"] else self._execute(entry)
-        task = asyncio.get_running_loop().create_task(runner, name=f"experiment-{exp_id}")
-        self._tasks[exp_id] = task
-
-        def done(t: asyncio.Task[Experiment]) -> None:
-            self._tasks.pop(exp_id, None)
-            self._live.discard(exp_id)  # a task that died without recording: the next state lock records it
-            if not t.cancelled() and t.exception() is not None:
-                log.error("experiment %d failed inside the server: %r", exp_id, t.exception())
-
-        task.add_done_callback(done)
-        return task
-
-    async def _baseline_then_noise(self, entry: dict[str, Any]) -> Experiment:
-        exp = await self._execute(entry)
-        if exp.status == "ok":
-            await self._measure_noise(exp, entry.get("caller"))
-        return exp
-
-    async def _execute(self, entry: dict[str, Any]) -> Experiment:
-        exp_id = int(entry["id"])
-        try:
-            slot = await self.pool.acquire(exp_id)
-        except asyncio.CancelledError:
-            self._live.discard(exp_id)
-            with self._state():
-                self._record_failure(entry, "cancelled: the call was cancelled (or the server is stopping) while it "
-                                            "waited for a slot; it never ran")
-            raise
-        try:
-            return await self._run_in_slot(entry, slot)
-        finally:
-            self.pool.release(slot)
-            self._live.discard(exp_id)  # recorded, or failed without a record: the next state lock records it
-
-    def _record_failure(self, entry: dict[str, Any], failure: str) -> Experiment:
-        exp_dir = Path(str(entry["exp_dir"]))
-        exp = self._append_experiment({**entry, "started_at": entry.get("started_at") or entry["queued_at"]},
-                                      status="crash", failure=failure, metric=None, verified=False, metrics={},
-                                      finished=time.time(), train_s=None, eval_s=None,
-                                      log_tail=read_tail(exp_dir / "run.log", self.config.tail_lines),
-                                      fingerprint=None, decision="discard", decision_reason=failure)
-        self._drop_entry(int(entry["id"]))
-        return exp
-
-    async def _run_in_slot(self, entry: dict[str, Any], slot: Slot) -> Experiment:
-        """Run the queued snapshot in `slot` with a fresh seed and record one ledger line. A repeat is never a
-        candidate: it is recorded decided (`discard`), linked to the experiment it re-runs, and a repeat of the
-        baseline carries the noise floor measured so far."""
-        exp_id = int(entry["id"])
-        exp_dir = Path(str(entry["exp_dir"]))
-        started = time.time()
-        limit = self.config.hard_timeout_s + (self.config.evaluate.timeout_s if self.config.evaluate.mode ==
-                                              "checkpoint" else 0.0)
-        entry.update(state="running", started_at=started, deadline=started + limit, seed=self.next_seed(),
-                     slot=slot.index, device=slot.device)
-        self._put_entry(entry)
-
-        def on_started(pgid: int, marker: str) -> None:
-            entry.update(pgid=pgid, marker=marker)
-            self._put_entry(entry)
-
-        def integrity_problems() -> list[str]:
-            problems = self._enforce_pins("during a run", exp_id)
-            return problems + [str(v.get("detail") or v.get("path")) for v in self._violations_since(started)]
-
-        paths = ExperimentPaths(exp_dir, self.pinned_dir, self.run_dir, self.private_dir)
-        frozen = self.run.frozen or {}
-        plan = Plan(exp_id=exp_id, seed=int(entry["seed"]), sealed=self.sealed, pins=self.run.pins,
-                    data_sha256=dict(frozen.get("data_sha256") or {}),  # type: ignore[arg-type]
-                    passed_env=dict(frozen.get("env") or {}),  # type: ignore[arg-type]
-                    gpu=slot.gpu, cpus=slot.cpus)
-        try:
-            outcome: Outcome = await self.executor(self.config, plan, paths, on_started, integrity_problems)
-        except asyncio.CancelledError:
-            with self._state():
-                self._record_failure(entry, "cancelled: the client cancelled the call (or the server is stopping); "
-                                            "the run was killed")
-            raise
-        with self._state():
-            return self._record_outcome(entry, outcome, slot)
-
-    def _record_outcome(self, entry: dict[str, Any], outcome: Outcome, slot: Slot) -> Experiment:
-        exp_id = int(entry["id"])
-        for text in outcome.violations:
-            self._record_violation(text, text.split(" copy of ", 1)[-1].split(" differs", 1)[0], "during a run",
-                                   exp_id)
-        status, failure, fingerprint = outcome.status, outcome.failure, outcome.fingerprint
-        device = outcome.device or slot.device
-        reference = self.ledger.baseline()
-        if status == "ok" and reference is not None and reference.id != exp_id:
-            if reference.fingerprint and fingerprint and fingerprint != reference.fingerprint:
-                status, failure = "invalid", (
-                    f"evaluated on different data (fingerprint {fingerprint[:12]} != baseline "
-                    f"{reference.fingerprint[:12]}); results on different data are never compared")
-            elif device_class(reference.device) and device_class(device) != device_class(reference.device):
-                status, failure = "invalid", (
-                    f"ran on {device}, a different kind of device than the baseline ({reference.device}); results "
-                    "from different device classes are never compared (one kind of device per run)")
-        repeat_of = self.ledger.get(entry["repeat_of"]) if entry.get("repeat_of") is not None else None
-        noise_floor = None
-        if repeat_of is not None:
-            decision: str | None = "discard"
-            reason = f"repeat of experiment {repeat_of.id}" + ("" if status == "ok" else f" ({status}: {failure})")
-            if repeat_of.is_baseline:
-                values = self._run_values(repeat_of)
-                if status == "ok" and outcome.metric is not None:
-                    values.append(outcome.metric)
-                noise_floor = statistics.stdev(values) if len(values) >= 2 else None
-        elif entry["is_baseline"]:
-            decision = "keep" if status == "ok" else "discard"
-            reason = "baseline" if status == "ok" else f"baseline {status}: {failure}"
-        else:
-            decision = None if status == "ok" else "discard"
-            reason = None if status == "ok" else f"{status}: {failure}"
-        exp = self._append_experiment(entry, status=status, failure=failure,
-                                      metric=outcome.metric if status == "ok" else None, verified=outcome.verified,
-                                      metrics=outcome.metrics, finished=time.time(), train_s=outcome.train_s,
-                                      eval_s=outcome.eval_s, log_tail=outcome.tail, fingerprint=fingerprint,
-                                      decision=decision, decision_reason=reason,
-                                      kept_commit=str(entry["parent"]) if decision == "keep" else None,
-                                      sealed=outcome.sealed, noise_floor=noise_floor, device=device, slot=slot.index)
-        if outcome.private:
-            append_record(self.private_dir / "holdout.jsonl",
-                          {"experiment_id": exp_id, "time": _iso(time.time()), **outcome.private})
-        self._drop_entry(exp_id)
-        return exp
-
-    def _append_experiment(self, data: dict[str, Any], *, status: str, failure: str | None, metric: float | None,
-                           verified: bool, metrics: dict[str, float | str], finished: float, train_s: float | None,
-                           eval_s: float | None, log_tail: str, fingerprint: str | None, decision: str | None,
-                           decision_reason: str | None, kept_commit: str | None = None,
-                           sealed: bool | None = None, noise_floor: float | None = None,
-                           device: str | None = None, slot: int | None = None) -> Experiment:
-        started = float(data["started_at"])
-        memory = as_float(metrics.get(self.config.memory_metric)) if self.config.memory_metric else None
-        clean_metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
-        exp = Experiment(
-            id=int(data["id"]), tag=self.run.tag, parent=str(data["parent"]), commit=str(data["commit"]),
-            description=str(data["description"]), hypothesis=data.get("hypothesis"),
-            diff=str(data.get("diff", "")), status=status, metric_name=self.config.metric,  # type: ignore[arg-type]
-            metric=metric, verified=verified, metrics=clean_metrics, started_at=_iso(started),
-            finished_at=_iso(finished), duration_s=round(finished - started, 3), train_s=train_s, eval_s=eval_s,
-            peak_memory_mb=memory, failure=failure, log_tail=_bounded_tail(log_tail, 4000),
-            log_path=str(Path(str(data["exp_dir"])) / "run.log"), fingerprint=fingerprint,
-            is_baseline=bool(data.get("is_baseline")), caller=data.get("caller"),
-            decision=decision, decision_reason=decision_reason, kept_commit=kept_commit,  # type: ignore[arg-type]
-            seed=data.get("seed"), sealed=bool(data.get("sealed", self.sealed) if sealed is None else sealed),
-            repeat_of=data.get("repeat_of"), noise_floor=noise_floor,
-            device=device or data.get("device"), slot=slot if slot is not None else data.get("slot"),
-        )
-        self.ledger.append_experiment(exp)
-        return exp
-
     def _queued_result(self, exp_id: int, best: Experiment | None) -> RunExperimentResult:
         exp = self.ledger.get(exp_id)
         if exp is not None:  # finished already (a failure that never started, say)
@@ -714,205 +455,8 @@ class Engine(RecoveryMixin, AcceptanceMixin):
             id=exp.id, status=exp.status, metric_name=exp.metric_name, metric=exp.metric, verified=exp.verified,
             best=best_metric, delta=delta, would_keep=would_keep, decision=exp.decision or "pending",
             duration_s=exp.duration_s, train_s=exp.train_s, peak_memory_mb=exp.peak_memory_mb, failure=exp.failure,
-            log_tail=_bounded_tail(exp.log_tail) if exp.status != "ok" else None, slot=exp.slot, next_step=step,
+            log_tail=bounded_tail(exp.log_tail) if exp.status != "ok" else None, slot=exp.slot, next_step=step,
         )
-
-    # ---- commit_or_revert ----
-
-    def commit_or_revert(self, experiment_id: int | None = None, prefer: str = "keep_if_better",
-                         caller: str | None = None) -> DecisionResult:
-        """`decide` for synchronous callers (tests, benchmarks, the CLI). Called from inside a running event loop it
-        runs on a thread of its own and blocks that loop until the decision is made, as a synchronous call does."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.decide(experiment_id, prefer, caller))
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, self.decide(experiment_id, prefer, caller)).result()
-
-    async def decide(self, experiment_id: int | None = None, prefer: str = "keep_if_better",
-                     caller: str | None = None) -> DecisionResult:
-        """Keep or revert a finished experiment by the acceptance rule (server/acceptance.py).
-
-        Confirmation re-runs happen here, inside commit_or_revert, not inside run_experiment: run_experiment stays
-        one experiment per call, so its duration and the agent's per-call timeout (1500 s in .mcp.json) keep their
-        meaning, and only a result the agent asks to keep that already beats the best pays for re-runs (they share
-        the slots, so with several they run side by side). The stall detector sees a tool call in flight all that
-        time, and a cancelled call kills the re-runs and records them as crashes like any run. The decision intent
-        is written only after the confirmations, against the best at that moment: a kill -9 during one leaves the
-        candidate pending with the repeats recorded, and the next commit_or_revert runs only the missing ones."""
-        if prefer not in ("keep_if_better", "revert"):
-            raise InvalidArgument(f"prefer must be 'keep_if_better' or 'revert', got {prefer!r}")
-        with self._state():
-            finished = self._finished_intent
-            if finished is not None and experiment_id in (None, finished.id):
-                self._finished_intent = None
-                return self._decision_result(finished, "completed the decision an interrupted call had started")
-            target = self._target(experiment_id, prefer)
-            if target is None:  # prefer == "revert" with nothing to decide: restore the best code
-                tip = self.repo.branch_tip(self.run.branch)
-                best = self.ledger.best_kept()
-                self.repo.restore_paths(tip, list(self.config.mutable))
-                return DecisionResult(experiment_id=None, decision="restored",
-                                      reason=f"restored {', '.join(self.config.mutable)} to the best commit",
-                                      commit=tip[:12], best=best.metric if best else None,
-                                      best_id=best.id if best else None,
-                                      next_step="Edit with one idea, then call run_experiment.")
-            screen = self._screen(target, self.ledger.best_kept()) if prefer == "keep_if_better" else None
-            self._deciding.add(target.id)
-        try:
-            values: list[float] = [target.metric] if target.metric is not None else []
-            stopped = None
-            if screen is not None and screen.keep and self.config.confirm_runs:
-                values, stopped = await self._confirm(target, caller)
-            with self._state():
-                return self._conclude(target, prefer, screen, values, stopped)
-        finally:
-            self._deciding.discard(target.id)
-
-    def _target(self, experiment_id: int | None, prefer: str) -> Experiment | None:
-        """The experiment a decision is about; refusals name what to do. None: nothing to decide, revert asked."""
-        pending = self.ledger.pending_ids()
-        flying = {e["id"]: e for e in self.in_flight_all()}
-        if experiment_id is None:
-            if len(pending) > 1:
-                raise Refusal(f"experiments {', '.join(str(i) for i in pending)} are finished and undecided; name one: "
-                              "commit_or_revert(experiment_id=...).")
-            if not pending:
-                if prefer != "revert":
-                    running = f" ({len(flying)} still running or queued: read_results with wait_s)" if flying else ""
-                    raise Refusal("no experiment is waiting for a decision" + running + ". To discard your edits and "
-                                  "return to the best code, call commit_or_revert with prefer='revert'.")
-                return None
-            experiment_id = pending[0]
-        exp = self.ledger.get(experiment_id)
-        if exp is None:
-            if experiment_id in flying:
-                raise Refusal(f"experiment {experiment_id} has not finished yet ({flying[experiment_id]['state']}); "
-                              "call read_results with wait_s to wait for it, then decide it")
-            top = self.ledger.max_id()
-            known = f"1..{top}" if top else "none yet"
-            raise InvalidArgument(f"no experiment {experiment_id} (ids: {known}); call read_results")
-        if exp.decision is not None:
-            waiting = ", ".join(str(i) for i in pending)
-            raise Refusal(
-                f"experiment {experiment_id} was already decided ({exp.decision}); "
-                + (f"experiment {pending[0]} is the one pending. Call commit_or_revert without experiment_id to decide "
-                   "it." if len(pending) == 1 else
-                   f"undecided: {waiting}. Call commit_or_revert with one of them." if pending else
-                   "nothing is pending. Call commit_or_revert with prefer='revert' (and no experiment_id) to restore "
-                   "the best code."))
-        if exp.id in self._deciding or any(e.get("repeat_of") == exp.id for e in flying.values()):
-            raise Refusal(f"experiment {exp.id} is being decided by another call (its confirmation runs are running); "
-                          "call read_results with wait_s and look at its decision")
-        base = self.ledger.baseline()
-        if prefer == "keep_if_better" and base is not None and self._repeats_in_flight(base.id):
-            raise Refusal("the noise floor is still being measured (the baseline's noise runs are running); every "
-                          "decision needs it. Call read_results with wait_s, then decide.")
-        return exp
-
-    def _conclude(self, target: Experiment, prefer: str, screen: Any, values: list[float],
-                  stopped: str | None) -> DecisionResult:
-        """Under the state lock: the verdict against the best now, the intent, then the branch and the ledger."""
-        current = self.ledger.get(target.id)
-        if current is not None and current.decision is not None:
-            return self._decision_result(current, "decided meanwhile by another call")
-        best = self.ledger.best_kept()
-        if prefer != "keep_if_better":
-            verdict_keep, why, facts = False, "revert requested", {}
-        elif not screen.keep:
-            verdict_keep, why, facts = False, screen.reason, screen.facts
-        else:
-            verdict = self._final(target, values, stopped, best)
-            verdict_keep, why, facts = verdict.keep, verdict.reason, verdict.facts
-        tip = self.repo.branch_tip(self.run.branch)
-        intent: dict[str, object] = {"experiment_id": target.id, "from_tip": tip, "time": _iso(time.time()),
-                                     "facts": facts}
-        observe_only = self.config.autonomy == "observe" and verdict_keep
-        best_metric = best.metric if best else None
-        if verdict_keep and not observe_only:
-            assert target.metric is not None and best_metric is not None
-            delta = target.metric - best_metric
-            started = "" if target.parent == tip else f" (started from {target.parent[:7]}, replaces {tip[:7]})"
-            intent.update(decision="keep", reason=why,
-                          message=f"{self.config.metric} {target.metric:.6f} ({delta:+.6f}) experiment "
-                                  f"{target.id}: {target.description}{started}")
-        else:
-            intent.update(decision="discard", reason=(
-                f"{OBSERVE_PREFIX} {target.metric:.6f} beats the best {best_metric:.6f}; autonomy is 'observe', so "
-                f"nothing is kept (`autoresearch review` proposes it); {why}" if observe_only else why))
-        atomic_write_text(self.intent_path, json.dumps(intent))  # before anything moves: recovery finishes it
-        decided = self._apply_intent(intent)
-        assert decided is not None
-        if decided.decision == "keep" and self.config.autonomy == "auto-promote":
-            auto_promote(self.config, self.run, self.audit)  # within the written limits, else left for review
-        return self._decision_result(decided, None, best_before=best)
-
-    def _workspace_is_free(self, deciding: int) -> bool:
-        """True when no other experiment is queued, running or undecided: only then does a decision put the best
-        code back into the workspace (during a wave the agent is editing the next variant there)."""
-        return not self.in_flight_all() and not [i for i in self.ledger.pending_ids() if i != deciding]
-
-    def _apply_intent(self, intent: dict[str, object]) -> Experiment | None:
-        """Carry out a written decision intent exactly once, whatever happened to an earlier attempt: the branch moves
-        only if it is still where the intent found it, and the ledger line is written only if it is not there."""
-        exp_id = int(intent["experiment_id"])  # type: ignore[call-overload]
-        exp = self.ledger.get(exp_id)
-        if exp is None:
-            self.intent_path.unlink(missing_ok=True)
-            return None
-        if exp.decision is not None:  # done, but killed before removing the intent
-            self._reseal(exp_id, "decision")
-            self.intent_path.unlink(missing_ok=True)
-            return exp
-        mutable = list(self.config.mutable)
-        from_tip = str(intent["from_tip"])
-        facts = intent.get("facts") if isinstance(intent.get("facts"), dict) else None
-        tip = self.repo.branch_tip(self.run.branch)
-        restore = self._workspace_is_free(exp_id)
-        if intent["decision"] == "keep":
-            if tip == from_tip:
-                extra = exp.commit if exp.parent != from_tip else None  # a wave's variant: record where it started
-                kept = self.repo.advance_branch(self.run.branch, exp.commit, str(intent["message"]),
-                                                second_parent=extra)
-            elif self.repo.parent_and_tree(tip) == (from_tip, self.repo.parent_and_tree(exp.commit)[1]):
-                kept = tip  # the branch moved before the kill; only the ledger line is missing
-            else:
-                raise Refusal(f"branch {self.run.branch} is at {tip[:7]}, neither where the decision on experiment "
-                              f"{exp_id} found it ({from_tip[:7]}) nor that commit's child holding experiment "
-                              f"{exp_id}. A person must run `git reset --hard {from_tip[:7]}` and call "
-                              "commit_or_revert again.")
-            if restore:
-                self.repo.restore_paths(kept, mutable)
-            decided = self.ledger.append_decision(exp_id, "keep", str(intent["reason"]), kept, facts)
-        else:
-            if restore:
-                self.repo.restore_paths(tip, mutable)
-            decided = self.ledger.append_decision(exp_id, "discard", str(intent["reason"]), None, facts)
-            (self.run_dir / "experiments" / f"{exp_id:04d}" / "model" / "checkpoint").unlink(missing_ok=True)
-        self.intent_path.unlink(missing_ok=True)
-        return decided
-
-    def _decision_result(self, exp: Experiment, note: str | None,
-                         best_before: Experiment | None = None) -> DecisionResult:
-        busy = not self._workspace_is_free(exp.id)
-        left = (f" The workspace's {', '.join(self.config.mutable)} was left as you have it: other experiments are "
-                "outstanding (call commit_or_revert with prefer='revert' and no experiment_id to restore the best "
-                "code when the wave is done).") if busy else ""
-        if exp.decision == "keep":
-            before = self.ledger.best_before(exp.id)
-            reason = exp.decision_reason or (f"{exp.metric:.6f} beats the best {before:.6f}"
-                                             if before is not None and exp.metric is not None else "kept")
-            return DecisionResult(experiment_id=exp.id, decision="keep", reason=(note + ": " if note else "") + reason,
-                                  commit=(exp.kept_commit or exp.commit)[:12], best=exp.metric, best_id=exp.id,
-                                  next_step="Kept. Edit with the next idea, then call run_experiment." + left)
-        best = best_before or self.ledger.best_kept()
-        tip = self.repo.branch_tip(self.run.branch)
-        return DecisionResult(experiment_id=exp.id, decision="discard",
-                              reason=(note + ": " if note else "") + (exp.decision_reason or "discarded"),
-                              commit=tip[:12], best=best.metric if best else None, best_id=best.id if best else None,
-                              next_step=("Reverted to the best code. Try a different idea." if not busy
-                                         else "Discarded." + left))
 
     # ---- read_results ----
 
@@ -949,7 +493,7 @@ class Engine(RecoveryMixin, AcceptanceMixin):
             detail = ExperimentDetail(id=e.id, description=e.description, hypothesis=e.hypothesis, status=e.status,
                                       failure=e.failure, metrics=e.metrics, decision=e.decision or "pending",  # type: ignore[arg-type]
                                       decision_reason=e.decision_reason, commit=e.commit[:12], parent=e.parent[:12],
-                                      diff=diff, log_tail=_bounded_tail(e.log_tail))
+                                      diff=diff, log_tail=bounded_tail(e.log_tail))
         base = ledger.baseline()
         best = ledger.best_kept()
         pending = ledger.pending_ids()
