@@ -85,6 +85,22 @@ def _ray() -> Any:
     return ray
 
 
+def _errors_to_stderr(ray: Any) -> None:
+    """Ray's driver prints the cluster's error reports (a worker died, a task will be retried) on stdout, even with
+    `log_to_driver=False`; stdout is the MCP protocol's, so they are sent to stderr. Ray has no option for this: the
+    module-level printer is wrapped (the test that kills workers checks that stdout stays empty)."""
+    module = getattr(getattr(ray, "_private", None), "worker", None)
+    printer = getattr(module, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "_to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix=ignore_prefix)
+
+    to_stderr._to_stderr = True  # type: ignore[attr-defined]
+    module.print_to_stdstream = to_stderr
+
+
 @dataclasses.dataclass(frozen=True)
 class RemoteCheckpoint:
     """Where a model stayed: on the node that trained it, never copied to the head unless asked."""
@@ -122,6 +138,7 @@ class RayExecutor:
         ray = _ray()
         with _connect_lock:
             if not ray.is_initialized():
+                _errors_to_stderr(ray)
                 ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
                          logging_level=logging.WARNING, configure_logging=False,
                          runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]})
