@@ -42,6 +42,10 @@ Failure semantics:
   kept in `last_task_id`); `ray cancel`-style tooling or the dashboard can find the task by it.
 - A request Ray can never satisfy (more GPUs per experiment than the whole cluster has) is refused before
   submission instead of waiting for ever; a request that merely has to wait for a free GPU queues in Ray.
+- The cluster is trusted like the head: the sandboxes guard against train.py, not against whoever runs the nodes.
+  The evaluation's raw log (holdout lines included) travels through Ray's object store to the head's private folder;
+  on the node it lives only in the attempt's staging folder (mode 0700), removed when the task ends.
+- A cluster that cannot be reached is a crash naming the address and the error, like any other lost task.
 - After the answer, `integrity_problems()` runs on the head (the workspace's locked files); any problem turns the
   outcome `invalid` as `execute` does.
 """
@@ -70,11 +74,15 @@ from server.experiment import ExperimentPaths, Outcome, Plan, execute
 
 LOG_LIMIT = 1 << 20  # bytes of run.log and of the evaluation's log that come back to the head (their ends)
 INSTALL_HINT = 'Ray is not installed: run `pip install -e ".[ray]"` in the environment of the server and of every node'
-SYSTEM_FAILURES = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
-                   "LocalRayletDiedError", "ObjectReconstructionFailedError", "OutOfMemoryError",
-                   "ActorDiedError", "RaySystemError")
+
+
+def _system_failures(errors: Any) -> tuple[type[BaseException], ...]:
+    """Ray's exceptions for a lost worker, node or result: the failures `max_retries` retries."""
+    return (errors.WorkerCrashedError, errors.NodeDiedError, errors.LocalRayletDiedError, errors.ObjectLostError)
+
 
 _connect_lock = threading.Lock()
+_joined: str | None = None  # the address this process connected to (Ray allows one cluster per process)
 
 
 def _ray() -> Any:
@@ -135,6 +143,7 @@ class RayExecutor:
 
     def connect(self) -> Any:
         """Join the cluster once per process, shipping the head's `server` package to the workers."""
+        global _joined
         ray = _ray()
         with _connect_lock:
             if not ray.is_initialized():
@@ -142,6 +151,10 @@ class RayExecutor:
                 ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
                          logging_level=logging.WARNING, configure_logging=False,
                          runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]})
+                _joined = self.address
+            elif _joined is not None and _joined != self.address:
+                raise RuntimeError(f"this process is connected to the Ray cluster at {_joined}, not {self.address}: "
+                                   "one server process talks to one cluster")
         return ray
 
     def capacity(self) -> int:
@@ -160,7 +173,10 @@ class RayExecutor:
                   integrity_problems: Callable[[], list[str]],
                   on_submitted: Callable[[str], None] | None = None) -> Outcome:
         del on_started  # no local process group: see the module's docstring
-        ray = await asyncio.to_thread(self.connect)
+        try:
+            ray = await asyncio.to_thread(self.connect)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the connection is the crash's reason
+            return self._lost(plan, paths, f"cannot reach the Ray cluster at {self.address}: {exc}")
         problem = self._infeasible(ray)
         if problem is not None:
             return self._lost(plan, paths, problem)
@@ -244,17 +260,20 @@ class RayExecutor:
 
 
 def failure_reason(exc: BaseException) -> str:
-    """A crash's reason from Ray's exception: which kind, its first lines, and whether Ray already retried."""
+    """A crash's reason from Ray's exception: which kind, its first words, and whether Ray already retried."""
+    errors = _ray().exceptions
     kind = type(exc).__name__
     text = " ".join(str(exc).split())[:400]
-    if kind == "RayTaskError" or kind.startswith("RayTaskError("):
+    if isinstance(exc, errors.RayTaskError):
         cause = getattr(exc, "cause", None)
         return f"the harness failed on the Ray worker (not retried): {type(cause).__name__ if cause else kind}: {text}"
-    if kind == "TaskCancelledError":
+    if isinstance(exc, errors.TaskCancelledError):
         return f"the Ray task was cancelled outside the harness ({kind})"
-    if kind == "RuntimeEnvSetupError":
+    if isinstance(exc, errors.RuntimeEnvSetupError):
         return f"the Ray worker could not set up the harness's code (not retried): {text}"
-    if kind in SYSTEM_FAILURES:
+    if isinstance(exc, errors.OutOfMemoryError):
+        return f"the node ran out of memory and Ray killed the worker running the experiment: {kind}: {text}"
+    if isinstance(exc, _system_failures(errors)):
         return f"the Ray worker running the experiment was lost twice (Ray retried it once): {kind}: {text}"
     return f"Ray failed to run the experiment: {kind}: {text}"
 

@@ -23,7 +23,7 @@ from helpers import FAKE_TARGET, make_workspace
 from ray_cluster import local_ray_cluster
 from server.config import Config, load_config
 from server.experiment import ExperimentPaths, Plan, execute
-from server.ray_executor import RayExecutor, RemoteCheckpoint
+from server.ray_executor import RayExecutor, RemoteCheckpoint, failure_reason
 from server.runner import marked_alive, pid_alive
 from server.runstate import frozen_config, init_run, private_dir
 
@@ -145,6 +145,7 @@ def test_an_experiment_on_ray_scores_as_the_local_run_and_leaves_its_logs_on_the
     assert (remote.status, remote.metric, remote.verified) == ("ok", local.metric, True) and local.metric == SCORE
     assert remote.device is not None and re.match(r"ray:\S+ cuda:\d ", remote.device)
     assert submitted == [executor.last_task_id] and len(submitted[0]) > 8
+    assert executor.capacity() == 4  # 4 logical GPUs, one per experiment: what a number of slots should be
     assert "started_at:" in (paths.experiment_dir / "run.log").read_text()
     assert "score:" in paths.eval_log.read_text() and "score:" in (paths.experiment_dir / "eval.log").read_text()
     assert capfd.readouterr().out == ""  # the MCP server speaks on stdout: Ray must not print there
@@ -173,6 +174,17 @@ def test_more_gpus_than_the_cluster_has_is_a_crash_that_says_so_without_waiting(
         quick.config, quick.plan(1), paths, _no_op, lambda: []))
     assert outcome.status == "crash" and "has 4 GPUs in all, fewer than the 8" in str(outcome.failure)
     assert outcome.failure in (paths.experiment_dir / "run.log").read_text()
+
+
+@pytest.mark.slow
+def test_another_cluster_than_the_one_this_process_joined_is_a_crash_naming_both(ray_address: str,
+                                                                                   quick: Setup) -> None:
+    quick.executor(ray_address).connect()
+    outcome = asyncio.run(RayExecutor("127.0.0.1:1").run(quick.config, quick.plan(1), quick.stage(1), _no_op,
+                                                         lambda: []))
+    assert outcome.status == "crash"
+    assert outcome.failure == (f"cannot reach the Ray cluster at 127.0.0.1:1: this process is connected to the Ray "
+                               f"cluster at {ray_address}, not 127.0.0.1:1: one server process talks to one cluster")
 
 
 @pytest.mark.slow
@@ -263,3 +275,13 @@ def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch: pyt
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RuntimeError, match=re.escape('pip install -e ".[ray]"')):
         RayExecutor("127.0.0.1:1").connect()
+
+
+def test_a_node_that_died_twice_is_named_as_lost_after_one_retry_and_memory_exhaustion_as_such() -> None:
+    import ray.exceptions as errors
+
+    node = failure_reason(errors.NodeDiedError("node 10.0.0.7 died"))
+    assert node == ("the Ray worker running the experiment was lost twice (Ray retried it once): NodeDiedError: "
+                    "node 10.0.0.7 died")
+    assert "ran out of memory" in failure_reason(errors.OutOfMemoryError("node memory at 97%"))
+    assert failure_reason(errors.TaskCancelledError()).startswith("the Ray task was cancelled outside the harness")
