@@ -26,6 +26,8 @@ Failure semantics:
 - The task asks for `gpus_per_experiment` GPUs (0 for a CPU cluster) and Ray schedules it; the GPU ids Ray assigned
   become `plan.gpu` (a sealed environment is built from nothing, so the GPU must be passed explicitly). Asking for
   0 GPUs hides every GPU (`CUDA_VISIBLE_DEVICES=""`): the experiment uses only what Ray gave it.
+  Ray does not pin cores: `plan.cpus` is dropped on the worker, and `sandbox.cpu_threads` in the configuration is
+  what bounds an experiment's threads when several share a node.
 - A system failure (the worker process or its node dies mid-experiment, an object is lost) is retried by Ray once
   (`max_retries=1`); the retry starts from the same packed copy in a fresh staging folder. A second failure becomes
   `Outcome("crash", ...)` naming Ray's reason and the retry. An exception inside the task (a harness bug) is not
@@ -36,10 +38,12 @@ Failure semantics:
   marker and removes its staging folder.
 - Cancelling `run` (the client cancelled, or the server stops) force-cancels the task (`ray.cancel(force=True)`
   kills the worker process, and its sandboxes with it) and re-raises `CancelledError`: the caller records the crash.
-  Ray also ends the tasks of a driver that dies, so a head that crashes leaves no experiment running on the cluster.
+  Ray also ends the tasks of a driver that dies (with Ray 2.60 the worker was gone within 0.1 s of its driver's
+  SIGKILL), so a head that crashes leaves no experiment running on the cluster, and its restart records the
+  in-flight one as a crash.
 - No local process group exists for a Ray task, so `on_started(pgid, marker)` is never called (the engine's
   recovery would signal a local pid). The caller learns the task id through `on_submitted(task_id)` instead (also
-  kept in `last_task_id`); `ray cancel`-style tooling or the dashboard can find the task by it.
+  kept in `last_task_id`), the id Ray's own tools (dashboard, state API) show for the task.
 - A request Ray can never satisfy (more GPUs per experiment than the whole cluster has) is refused before
   submission instead of waiting for ever; a request that merely has to wait for a free GPU queues in Ray.
 - The cluster is trusted like the head: the sandboxes guard against train.py, not against whoever runs the nodes.
