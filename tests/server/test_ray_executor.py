@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -269,6 +270,19 @@ def test_cancelling_the_run_kills_the_remote_task_and_its_training(ray_address: 
     worker = asyncio.run(main())
     assert marked_alive(worker["marker"]) == []
     assert not (paths.experiment_dir / "run.log").exists()  # nothing recorded here: the caller records the crash
+
+
+@pytest.mark.slow
+def test_the_ray_benchmark_prints_local_ray_and_overhead_figures(ray_address: str, tmp_path: Path,
+                                                                  isolated_home: Path) -> None:
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ray.py"
+    proc = subprocess.run([sys.executable, str(script), "--n", "1", "--address", ray_address], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for line in ("local execute ", "Ray executor ", "overhead (Ray - local) ", "four submitted at once",
+                 "overhead_median_s: "):
+        assert line in proc.stdout
+    assert "ray_start_s" not in proc.stdout  # an existing cluster: nothing started, nothing to report
 
 
 def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
