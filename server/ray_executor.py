@@ -130,6 +130,17 @@ class RemoteCheckpoint:
             return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """What one finished task sends back: small things only (the model stays on the node)."""
+
+    outcome: Outcome
+    run_log: bytes  # the end of run.log, at most LOG_LIMIT bytes
+    eval_log: bytes | None  # the evaluation's raw output (holdout lines included): for the head's private folder
+    public_eval_log: bytes | None  # the same without the holdout lines (the experiment folder's eval.log)
+    checkpoint: RemoteCheckpoint | None
+
+
 class RayExecutor:
     """Runs experiments as Ray tasks; `await executor(config, plan, paths, on_started, integrity_problems)` has the
     contract of `server.experiment.execute`."""
@@ -188,8 +199,7 @@ class RayExecutor:
         task = self._task(ray).options(
             num_gpus=self.gpus, num_cpus=self.cpus, max_retries=1, retry_exceptions=False,
             name=f"autoresearch {paths.run_dir.name} experiment {plan.exp_id}")
-        ref = task.remote(config, plan, packed, paths.experiment_dir.name, paths.run_dir.name, self.checkpoint_root,
-                          self.gpus)
+        ref = task.remote(config, plan, packed, paths.experiment_dir.name, paths.run_dir.name, self.checkpoint_root)
         self.last_task_id = ref.task_id().hex()
         if on_submitted is not None:
             on_submitted(self.last_task_id)
@@ -221,20 +231,20 @@ class RayExecutor:
         (paths.experiment_dir / "run.log").write_text(why + "\n", encoding="utf-8")
         return Outcome("crash", why, None, False, tail=why, sealed=plan.sealed, device=f"ray:{self.address}")
 
-    def _land(self, answer: dict[str, Any], plan: Plan, paths: ExperimentPaths,
+    def _land(self, answer: Answer, plan: Plan, paths: ExperimentPaths,
               integrity_problems: Callable[[], list[str]]) -> Outcome:
         paths.experiment_dir.mkdir(parents=True, exist_ok=True)
-        (paths.experiment_dir / "run.log").write_bytes(answer["run_log"])
-        if answer["public_eval_log"] is not None:
-            (paths.experiment_dir / "eval.log").write_bytes(answer["public_eval_log"])
-        if answer["eval_log"] is not None:
+        (paths.experiment_dir / "run.log").write_bytes(answer.run_log)
+        if answer.public_eval_log is not None:
+            (paths.experiment_dir / "eval.log").write_bytes(answer.public_eval_log)
+        if answer.eval_log is not None:
             paths.eval_log.parent.mkdir(parents=True, exist_ok=True)
-            paths.eval_log.write_bytes(answer["eval_log"])
-        if answer["checkpoint"] is not None:
+            paths.eval_log.write_bytes(answer.eval_log)
+        if answer.checkpoint is not None:
             (paths.experiment_dir / "model").mkdir(parents=True, exist_ok=True)
-            (paths.experiment_dir / "model" / "checkpoint.ray.json").write_text(json.dumps(answer["checkpoint"]),
-                                                                               encoding="utf-8")
-        outcome: Outcome = answer["outcome"]
+            (paths.experiment_dir / "model" / "checkpoint.ray.json").write_text(
+                json.dumps(dataclasses.asdict(answer.checkpoint)), encoding="utf-8")
+        outcome = answer.outcome
         problems = integrity_problems()
         if not problems:
             return outcome
@@ -278,7 +288,8 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, errors.OutOfMemoryError):
         return f"the node ran out of memory and Ray killed the worker running the experiment: {kind}: {text}"
     if isinstance(exc, _system_failures(errors)):
-        return f"the Ray worker running the experiment was lost twice (Ray retried it once): {kind}: {text}"
+        return (f"the Ray worker running the experiment was lost twice (Ray retried it once): {kind}: {text}; "
+                "check the node (memory, disk, its raylet log) and run the experiment again")
     return f"Ray failed to run the experiment: {kind}: {text}"
 
 
@@ -295,13 +306,13 @@ def pack(plan: Plan, paths: ExperimentPaths) -> bytes:
 # ---- what runs on the worker ----
 
 def _remote_experiment(config: Config, plan: Plan, packed: bytes, exp_name: str, run_name: str,
-                       root: str | None, gpus: float) -> dict[str, Any]:
+                       root: str | None) -> Answer:
     import ray
 
     base = Path(root or os.path.join(tempfile.gettempdir(), "autoresearch-ray"))
     sweep_staging(base / "staging")
     attempt = base / "staging" / uuid.uuid4().hex[:12]
-    attempt.mkdir(parents=True)
+    attempt.mkdir(parents=True, mode=0o700)  # it will hold the evaluation's raw log
     record: dict[str, Any] = {"pid": os.getpid(), "run": run_name, "experiment": exp_name, "started": time.time()}
     _write_json(attempt / "worker.json", record)
     try:
@@ -314,7 +325,7 @@ def _remote_experiment(config: Config, plan: Plan, packed: bytes, exp_name: str,
         paths.experiment_dir.mkdir()
         shutil.move(attempt / "unpacked" / "snapshot", paths.snapshot)
         ids = [str(i) for i in ray.get_gpu_ids()]
-        plan = dataclasses.replace(plan, gpu=",".join(ids) if ids or not gpus else plan.gpu, cpus=None)
+        plan = dataclasses.replace(plan, gpu=",".join(ids), cpus=None)  # "" (no GPU from Ray) hides them all
 
         def on_started(pgid: int, marker: str) -> None:
             _write_json(attempt / "worker.json", {**record, "pgid": pgid, "marker": marker})
@@ -326,13 +337,11 @@ def _remote_experiment(config: Config, plan: Plan, packed: bytes, exp_name: str,
             kept = base / "checkpoints" / run_name / f"{exp_name}-{attempt.name}" / "checkpoint"
             kept.parent.mkdir(parents=True)
             shutil.move(paths.checkpoint, kept)
-            checkpoint = dataclasses.asdict(RemoteCheckpoint(ray.get_runtime_context().get_node_id(), node_ip,
-                                                             str(kept), kept.stat().st_size))
-        return {"outcome": dataclasses.replace(outcome, device=f"ray:{node_ip} {_device_name(ids)}"),
-                "run_log": _tail_bytes(paths.experiment_dir / "run.log") or b"",
-                "eval_log": _tail_bytes(paths.eval_log),
-                "public_eval_log": _tail_bytes(paths.experiment_dir / "eval.log"),
-                "checkpoint": checkpoint}
+            checkpoint = RemoteCheckpoint(ray.get_runtime_context().get_node_id(), node_ip, str(kept),
+                                          kept.stat().st_size)
+        return Answer(dataclasses.replace(outcome, device=f"ray:{node_ip} {_device_name(ids)}"),
+                      _tail_bytes(paths.experiment_dir / "run.log") or b"", _tail_bytes(paths.eval_log),
+                      _tail_bytes(paths.experiment_dir / "eval.log"), checkpoint)
     finally:
         shutil.rmtree(attempt, ignore_errors=True)
 

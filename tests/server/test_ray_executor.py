@@ -95,7 +95,8 @@ def _make_setup(tmp_path: Path, wait: bool) -> Setup:
     shutil.copytree(FAKE_TARGET, source)
     (source / "train.py").write_text(TRAIN.replace("WAIT = True", f"WAIT = {wait}"), encoding="utf-8")
     toml = (source / "autoresearch.toml").read_text(encoding="utf-8")
-    toml = toml.replace("time_budget_s = 5", "time_budget_s = 90").replace("hard_timeout_s = 20", "hard_timeout_s = 120")
+    toml = toml.replace("time_budget_s = 5", "time_budget_s = 90")
+    toml = toml.replace("hard_timeout_s = 20", "hard_timeout_s = 120")
     (source / "autoresearch.toml").write_text(toml.replace("timeout_s = 20", "timeout_s = 60"), encoding="utf-8")
     workspace = make_workspace(tmp_path / "ws", source)
     config = load_config(workspace)
@@ -151,7 +152,8 @@ def test_an_experiment_on_ray_scores_as_the_local_run_and_leaves_its_logs_on_the
     assert "score:" in paths.eval_log.read_text() and "score:" in (paths.experiment_dir / "eval.log").read_text()
     assert capfd.readouterr().out == ""  # the MCP server speaks on stdout: Ray must not print there
     where = RemoteCheckpoint.read(paths.experiment_dir)
-    assert where is not None and Path(where.path).is_file() and not (paths.experiment_dir / "model" / "checkpoint").exists()
+    assert where is not None and Path(where.path).is_file()
+    assert not (paths.experiment_dir / "model" / "checkpoint").exists()
     assert not list((quick.nodes / "staging").iterdir())  # only the model stays on the node
     asyncio.run(executor.fetch_checkpoint(where, quick.run_dir / "fetched"))
     assert json.loads((quick.run_dir / "fetched").read_text()) == {"LR": 0.1, "WIDTH": 8}
@@ -165,6 +167,14 @@ def test_a_locked_file_changed_on_the_head_makes_the_ray_run_invalid(ray_address
                                                           lambda: ["prepare.py differs from its pin"]))
     assert outcome.status == "invalid" and outcome.metric is None
     assert outcome.failure == "a locked file was changed during the run: prepare.py differs from its pin"
+
+
+@pytest.mark.slow
+def test_an_experiment_that_asks_for_no_gpu_runs_on_the_cpu_with_every_gpu_hidden(ray_address: str,
+                                                                                    quick: Setup) -> None:
+    outcome = asyncio.run(quick.executor(ray_address, gpus_per_experiment=0).run(
+        quick.config, quick.plan(1), quick.stage(1), _no_op, lambda: []))
+    assert outcome.status == "ok" and outcome.device is not None and outcome.device.endswith(" cpu")
 
 
 @pytest.mark.slow
@@ -296,6 +306,6 @@ def test_a_node_that_died_twice_is_named_as_lost_after_one_retry_and_memory_exha
 
     node = failure_reason(errors.NodeDiedError("node 10.0.0.7 died"))
     assert node == ("the Ray worker running the experiment was lost twice (Ray retried it once): NodeDiedError: "
-                    "node 10.0.0.7 died")
+                    "node 10.0.0.7 died; check the node (memory, disk, its raylet log) and run the experiment again")
     assert "ran out of memory" in failure_reason(errors.OutOfMemoryError("node memory at 97%"))
     assert failure_reason(errors.TaskCancelledError()).startswith("the Ray task was cancelled outside the harness")
