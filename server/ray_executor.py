@@ -250,7 +250,7 @@ class RayExecutor:
             return outcome
         before = [outcome.failure.removeprefix("a locked file was changed during the run: ")] \
             if outcome.status == "invalid" and outcome.failure else []
-        return dataclasses.replace(outcome, status="invalid", metric=None, verified=False, fingerprint=None,
+        return dataclasses.replace(outcome, status="invalid", metric=None, verified=False, fingerprint=None, private={},
                                    failure="a locked file was changed during the run: " + "; ".join(problems + before))
 
     async def fetch_checkpoint(self, where: RemoteCheckpoint, dest: Path) -> None:
@@ -263,7 +263,7 @@ class RayExecutor:
     async def remove_checkpoint(self, where: RemoteCheckpoint) -> None:
         """Delete a discarded model on its node (the local executor's `model/checkpoint.unlink()`)."""
         ray = await asyncio.to_thread(self.connect)
-        await self._on_node(ray, where, _remove_folder, str(Path(where.path).parent))
+        await self._on_node(ray, where, _remove_checkpoint, where.path)
 
     @staticmethod
     async def _on_node(ray: Any, where: RemoteCheckpoint, fn: Callable[[str], Any], arg: str) -> Any:
@@ -397,5 +397,9 @@ def _read_file(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
-def _remove_folder(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _remove_checkpoint(path: str) -> None:
+    """Remove a model's folder, and only a folder this module made for one (the location is read from a file)."""
+    kept = Path(path)
+    if kept.name != "checkpoint" or kept.parent.parent.parent.name != "checkpoints":
+        raise ValueError(f"{path} is not a checkpoint kept by the Ray executor (<root>/checkpoints/<run>/<id>/...)")
+    shutil.rmtree(kept.parent, ignore_errors=True)

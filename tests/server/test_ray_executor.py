@@ -159,6 +159,10 @@ def test_an_experiment_on_ray_scores_as_the_local_run_and_leaves_its_logs_on_the
     assert json.loads((quick.run_dir / "fetched").read_text()) == {"LR": 0.1, "WIDTH": 8}
     asyncio.run(executor.remove_checkpoint(where))
     assert not Path(where.path).exists()
+    elsewhere = RemoteCheckpoint(where.node_id, where.node_ip, str(quick.workspace / "train.py"), 1)
+    with pytest.raises(ValueError, match="not a checkpoint kept by the Ray executor"):
+        asyncio.run(executor.remove_checkpoint(elsewhere))  # a location is read from a file: only ours are removed
+    assert (quick.workspace / "train.py").is_file()
 
 
 @pytest.mark.slow
