@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install the project into it. Idempotent.
+# Create .venv and install the project into it, with the extras in $EXTRAS (default: test). Idempotent.
 # On a machine without an NVIDIA GPU it asks PyTorch's CPU wheel index first (a few hundred MB instead of several GB)
 # and falls back to the default index when that one cannot be reached.
 set -euo pipefail
@@ -25,5 +25,5 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
     "${PIP[@]}" "torch>=2.4"
   fi
 fi
-"${PIP[@]}" -e ".[test]"
+"${PIP[@]}" -e ".[${EXTRAS:-test}]"  # EXTRAS=test,ray also installs Ray (scripts/test.sh does)
 echo "setup: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -3,7 +3,7 @@
 # MCP Inspector) and run the whole suite. Extra arguments go to pytest (for example -m "not slow" while iterating).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+EXTRAS=test,ray bash scripts/setup.sh  # Ray: the tests of the Ray executor start a small local cluster
 bash scripts/install_claude_code.sh
 bash scripts/install_sandbox_deps.sh
 bash scripts/install_agent_clis.sh
