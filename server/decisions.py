@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ from server.shared import InvalidArgument, Refusal, iso
 
 if TYPE_CHECKING:
     from server.engine import Engine
+
+log = logging.getLogger(__name__)
 
 
 class DecisionMixin:
@@ -76,9 +79,24 @@ class DecisionMixin:
             if screen is not None and screen.keep and self.config.confirm_runs:
                 values, stopped = await self._confirm(target, caller)
             with self._state():
-                return self._conclude(target, prefer, screen, values, stopped)
+                result = self._conclude(target, prefer, screen, values, stopped)
+            if result.decision == "discard" and self.ray is not None:
+                await self._drop_remote_checkpoint(target.id)
+            return result
         finally:
             self._deciding.discard(target.id)
+
+    async def _drop_remote_checkpoint(self: Engine, exp_id: int) -> None:
+        """A discarded experiment's model on its Ray node is removed, as a local one is (models pile up otherwise)."""
+        from server.ray_executor import RemoteCheckpoint
+
+        where = RemoteCheckpoint.read(self.run_dir / "experiments" / f"{exp_id:04d}")
+        if where is None:
+            return
+        try:
+            await self.ray.remove_checkpoint(where)
+        except Exception as exc:  # noqa: BLE001 - a node gone since: the model is gone with it; say so, go on
+            log.warning("could not remove experiment %d's checkpoint on Ray node %s: %s", exp_id, where, exc)
 
     def _target(self: Engine, experiment_id: int | None, prefer: str) -> Experiment | None:
         """The experiment a decision is about; refusals name what to do. None: nothing to decide, revert asked."""

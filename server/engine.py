@@ -152,12 +152,15 @@ class Engine(SchedulingMixin, DecisionMixin, AcceptanceMixin, RecoveryMixin):
         return os.environ.get("AUTORESEARCH_SESSION_ID")
 
     def _make_executor(self) -> Executor:
+        """The local sandboxes (server/experiment.py), or one Ray task per experiment (server/ray_executor.py)."""
         if self.config.slots.executor == "ray":
             from server.ray_executor import RayExecutor  # optional extra: imported only when configured
 
             slots = self.config.slots
-            return RayExecutor(address=slots.ray_address, gpus_per_experiment=slots.gpus_per_experiment,
-                               cpus_per_experiment=slots.cpus_per_experiment).run
+            self.ray = RayExecutor(address=slots.ray_address, gpus_per_experiment=slots.gpus_per_experiment,
+                                   cpus_per_experiment=slots.cpus_per_experiment)
+            return self.ray
+        self.ray = None
         return execute
 
     @property

@@ -196,7 +196,15 @@ class SchedulingMixin:
                     passed_env=dict(frozen.get("env") or {}),  # type: ignore[arg-type]
                     gpu=slot.gpu, cpus=slot.cpus)
         try:
-            outcome: Outcome = await self.executor(self.config, plan, paths, on_started, integrity_problems)
+            if self.ray is not None:  # a Ray task has no local process group; its task id says where it runs
+                def on_submitted(task_id: str) -> None:
+                    entry.update(ray_task=task_id)
+                    self._put_entry(entry)
+
+                outcome: Outcome = await self.ray(self.config, plan, paths, on_started, integrity_problems,
+                                                  on_submitted)
+            else:
+                outcome = await self.executor(self.config, plan, paths, on_started, integrity_problems)
         except asyncio.CancelledError:
             with self._state():
                 self._record_failure(entry, "cancelled: the client cancelled the call (or the server is stopping); "

@@ -44,11 +44,14 @@ class Slot:
 
 
 def device_class(device: str | None) -> str | None:
-    """The part of a device label that says what hardware it is ("cuda:0 NVIDIA H200" -> "NVIDIA H200")."""
+    """The part of a device label that says what hardware it is, without where it is ("cuda:0 NVIDIA H200" and
+    "ray:10.0.0.2 cuda:3 NVIDIA H200" -> "NVIDIA H200")."""
     if not device:
         return None
-    name = device.split(" ", 1)[1] if " " in device else device
-    return name.strip() or None
+    words = device.split()  # "cuda:0 NVIDIA H200", "gpu NVIDIA H200", "ray:10.0.0.2 cuda:1 NVIDIA H200", "cpu"
+    while len(words) > 1 and (words[0].startswith(("ray:", "cuda:")) or words[0] == "gpu"):
+        words = words[1:]
+    return " ".join(words) or None
 
 
 def visible_gpus() -> list[tuple[int, str]]:

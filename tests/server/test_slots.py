@@ -79,7 +79,8 @@ def test_bad_slot_settings_are_refused_naming_the_key(workspace: Path, body: str
 
 def test_device_classes_compare_the_hardware_not_the_index() -> None:
     assert device_class("cuda:0 NVIDIA H200") == device_class("cuda:3 NVIDIA H200") == "NVIDIA H200"
-    assert device_class("cpu") == "cpu" and device_class(None) is None
+    assert device_class("ray:10.0.0.2 cuda:3 NVIDIA H200") == device_class("gpu NVIDIA H200") == "NVIDIA H200"
+    assert device_class("ray:10.0.0.2 cpu") == device_class("cpu") == "cpu" and device_class(None) is None
 
 
 def test_init_refuses_gpu_slots_on_a_machine_without_gpus_before_anything_is_created(workspace: Path) -> None:
