@@ -73,28 +73,28 @@ class AcceptanceMixin:
 
     async def _confirm(self: Engine, target: Experiment, caller: str | None) -> tuple[list[float], str | None]:
         """Bring `target` to `1 + confirm_runs` successful runs; returns their metrics, and why confirmation could
-        not finish (None when it did). Repeats recorded before a kill count; only the missing ones run."""
+        not finish (None when it did). Successful repeats recorded before a kill count and only the missing ones run;
+        one of these that fails stops the confirmation (the candidate is not kept)."""
         with self._state():
-            failed = [r for r in self._repeats_of(target) if r.status != "ok"]
-            if failed:
-                return self._run_values(target), (f"confirmation run {failed[0].id} ended {failed[0].status} "
-                                                   f"({failed[0].failure})")
             entries = []
+            limited = None
             for number in range(len(self._run_values(target)), 1 + self.config.confirm_runs):
                 stop = self._past_limits(extra=len(entries))
                 if stop is not None:
+                    limited = f"confirmation could not run: {stop.split(';')[0]}"
                     if not entries:
-                        return self._run_values(target), f"confirmation could not run: {stop.split(';')[0]}"
+                        return self._run_values(target), limited
                     break
                 entries.append(self._submit_repeat(target, f"confirmation {number}/{self.config.confirm_runs}",
                                                    caller))
         await self._run_all(entries)
         values = self._run_values(target)
-        failed = [r for r in self._repeats_of(target) if r.status != "ok"]
+        ran = {int(e["id"]) for e in entries}  # a repeat a kill interrupted earlier is replaced, not held against it
+        failed = [r for r in self._repeats_of(target) if r.id in ran and r.status != "ok"]
         if failed:
             return values, f"confirmation run {failed[0].id} ended {failed[0].status} ({failed[0].failure})"
         if len(values) < 1 + self.config.confirm_runs:
-            return values, f"only {len(values)} of {1 + self.config.confirm_runs} runs could be made (the run's limits)"
+            return values, limited or f"only {len(values)} of {1 + self.config.confirm_runs} runs could be made"
         return values, None
 
     async def _run_all(self: Engine, entries: list[dict[str, object]]) -> None:

@@ -23,6 +23,7 @@ from mcp import Client
 from helpers import FAKE_TARGET, REPO_ROOT, make_engine, make_workspace, set_constant
 from harness.cli import status_lines
 from harness.report import read_night, render_markdown
+from server.inflight import read_entries
 from server.app import build_server
 from server.config import ConfigError, load_config
 
@@ -264,11 +265,8 @@ def test_a_server_killed_mid_confirmation_is_completed_by_the_next_server_with_o
         inflight = engine.run_dir / "inflight.json"
 
         def second_confirmation_running() -> bool:
-            try:
-                data = json.loads(inflight.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return False
-            return data.get("id") == 6 and data.get("repeat_of") == 4 and data.get("pgid") is not None
+            return any(e["id"] == 6 and e.get("repeat_of") == 4 and e.get("pgid") is not None
+                       for e in read_entries(inflight.parent))
 
         wait_for(second_confirmation_running, "the second confirmation run to start")
         os.kill(proc.pid, signal.SIGKILL)
