@@ -49,7 +49,9 @@ sys.path.insert(0, str(REPO_ROOT))
 import git  # noqa: E402
 from mcp import Client  # noqa: E402
 
+import server.decisions  # noqa: E402
 import server.engine  # noqa: E402
+import server.inflight  # noqa: E402
 import server.experiment  # noqa: E402
 import server.runner  # noqa: E402
 from server.app import build_server  # noqa: E402
@@ -183,7 +185,8 @@ def install_profile(profile: Profile) -> None:
         profile.wrap(Ledger, name, f"step: Ledger.{name}")
     profile.wrap(AuditLog, "append", "step: AuditLog.append (MCP layer)")
     profile.wrap(server.engine, "check_pins", "step: check_pins (sha256 of locked files)")
-    profile.wrap(server.engine, "atomic_write_text", "step: inflight.json writes")
+    profile.wrap(server.inflight, "write_entries", "step: inflight.json writes")
+    profile.wrap(server.decisions, "atomic_write_text", "step: decision intent writes")
     profile.wrap(server.experiment, "run_process", _child_label)
     profile.wrap(git.cmd.Git, "execute", _git_label)
     profile.wrap(os, "fsync", "fsync")

@@ -21,6 +21,7 @@ its slot's own lock while it runs. Crash safety is in server/recovery.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -32,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterator
+
+import anyio
 
 from server import history, sandbox
 from server.acceptance import AcceptanceMixin
@@ -53,7 +56,8 @@ from server.audit import AuditLog
 from server.config import Config
 from server.experiment import execute
 from server.gitrepo import GitRepo
-from server.inflight import owner_alive, read_entries, remaining_s, write_entries
+from server import inflight as inflight_table
+from server.inflight import owner_alive, read_entries, remaining_s
 from server.integrity import check_pins, restore_pin
 from server.jsonl import append_record, read_records
 from server.ledger import Experiment, Ledger, LedgerLine
@@ -112,6 +116,14 @@ def _fresh_seed() -> int:
 
 
 Executor = Callable[..., Any]  # execute(config, plan, paths, on_started, integrity_problems) -> Outcome
+
+
+async def _until_recorded(task: asyncio.Task[Experiment]) -> None:
+    """A cancelled call waits, shielded, until its experiment is killed and recorded as a crash, so the call ends
+    with the records whole (as before slots, when the run was killed inside the call)."""
+    task.cancel()
+    with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
+        await task
 
 
 class Engine(SchedulingMixin, DecisionMixin, AcceptanceMixin, RecoveryMixin):
@@ -209,7 +221,7 @@ class Engine(SchedulingMixin, DecisionMixin, AcceptanceMixin, RecoveryMixin):
         return read_entries(self.run_dir)
 
     def _write_entries(self, entries: list[dict[str, Any]]) -> None:
-        write_entries(self.run_dir, entries)
+        inflight_table.write_entries(self.run_dir, entries)
 
     def _put_entry(self, entry: dict[str, Any]) -> None:
         with self._state():
@@ -352,7 +364,11 @@ class Engine(SchedulingMixin, DecisionMixin, AcceptanceMixin, RecoveryMixin):
         if not wait:
             await asyncio.sleep(0)  # let it take a free slot, so the answer says "running" when it is
             return self._queued_result(entry["id"], best)
-        exp = await task
+        try:
+            exp = await task
+        except asyncio.CancelledError:
+            await _until_recorded(task)
+            raise
         return self._run_result(exp, best)
 
     def _admit(self, description: str, hypothesis: str | None, caller: str | None) -> dict[str, Any]:
@@ -402,7 +418,7 @@ class Engine(SchedulingMixin, DecisionMixin, AcceptanceMixin, RecoveryMixin):
             current = flying[0]
             left = remaining_s(current)
             raise Refusal(f"experiment {current['id']} ({current['description']!r}"
-                          + (f", {left:.0f} s left" if left is not None else "") + ") is running on this run now; "
+                          + (f", {left:.0f} s left" if left is not None else "") + ") is running on this workspace now; "
                           "only one runs at a time with one slot. Wait for it to finish (read_results with wait_s), "
                           "then decide it and continue.")
         raise Refusal(f"{outstanding} experiments are outstanding ({len(flying)} queued or running, {len(pending)} "
