@@ -5,7 +5,6 @@ Each test runs the harness as a subprocess on a real git workspace (the tiny fak
 branch and the audit chain agree after normal work, tampering, stop attempts, API hangs and outages, and kills.
 """
 
-from server.inflight import read_entries
 from __future__ import annotations
 
 import json
@@ -34,6 +33,7 @@ from tests.e2e.claude_workspace import (
 )
 from tests.fakes.fake_anthropic import FakeAnthropic, error, hang, tool_use
 from tests.helpers import git
+from server.inflight import read_entries
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
