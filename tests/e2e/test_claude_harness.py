@@ -5,7 +5,6 @@ Each test runs the harness as a subprocess on a real git workspace (the tiny fak
 branch and the audit chain agree after normal work, tampering, stop attempts, API hangs and outages, and kills.
 """
 
-from server.inflight import read_entries
 from __future__ import annotations
 
 import json
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from server.inflight import read_entries
 from server.jsonl import read_records
 from tests.e2e.claude_workspace import (
     AGENT_MARK_VAR,
