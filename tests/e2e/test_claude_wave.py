@@ -165,25 +165,34 @@ def overlap(a: Any, b: Any) -> bool:
     return a.started_at < b.finished_at and b.started_at < a.finished_at
 
 
-def test_a_wave_of_four_submitted_with_wait_false_through_the_cli_is_waited_for_and_decided_out_of_order(
-        wave_workspace: Path, claude_bin: Path, tmp_path: Path, started: list[Any]) -> None:
-    ws = wave_workspace
+def start_harness(ws: Path, claude_bin: Path, tmp_path: Path, started: list[Any], *args: str,
+                  stop_when_done: bool) -> tuple[HarnessProcess, WaveModel]:
+    """The fake API scripted by a WaveModel and the harness on it. With `stop_when_done` the model asks the run to
+    stop (`autoresearch stop`) once the wave is decided; without, the run must end by its own limits."""
     home = tmp_path / "home"
     home.mkdir()
     harness: list[HarnessProcess] = []
 
     def request_stop() -> None:
-        result = harness[0].cli("stop")
-        assert result.returncode == 0, result.stderr
+        if stop_when_done:
+            result = harness[0].cli("stop")
+            assert result.returncode == 0, result.stderr
 
     model = WaveModel(ws, request_stop)
     fake = FakeAnthropic(model).start()
     started.append(fake)
     # The harness keeps its audit key and private files where this test's own checks look for them.
     places = {name: os.environ[name] for name in ("AUTORESEARCH_KEY_DIR", "AUTORESEARCH_PRIVATE_DIR")}
-    harness.append(HarnessProcess(ws, TAG, harness_env(fake.url, home, claude_bin, places), log_dir=tmp_path / "logs"))
+    harness.append(HarnessProcess(ws, TAG, harness_env(fake.url, home, claude_bin, places), args,
+                                  log_dir=tmp_path / "logs"))
     started.append(harness[0])
-    run = harness[0]
+    return harness[0], model
+
+
+def test_a_wave_of_four_submitted_with_wait_false_through_the_cli_is_waited_for_and_decided_out_of_order(
+        wave_workspace: Path, claude_bin: Path, tmp_path: Path, started: list[Any]) -> None:
+    ws = wave_workspace
+    run, model = start_harness(ws, claude_bin, tmp_path, started, stop_when_done=True)
 
     assert run.wait_exit(RUN_LIMIT) == 0, run.describe()
     assert model.problems == [], f"{model.problems}\n{run.describe()}"
@@ -233,3 +242,19 @@ def test_a_wave_of_four_submitted_with_wait_false_through_the_cli_is_waited_for_
     assert AuditLog(run.run_dir / "audit.jsonl").verify().ok
     audit_cli = run.cli("audit", "verify")
     assert audit_cli.returncode == 0, f"{audit_cli.stdout}{audit_cli.stderr}"
+
+
+def test_a_last_wave_that_reaches_the_experiment_limit_is_decided_before_the_supervisor_ends_the_agent(
+        wave_workspace: Path, claude_bin: Path, tmp_path: Path, started: list[Any]) -> None:
+    # The limit counts the baseline and the four variants: it is reached when the fourth is submitted, and all four
+    # finish before any is decided. Every one of them is held until decided, not only the one with the highest id.
+    run, model = start_harness(wave_workspace, claude_bin, tmp_path, started, "--max-experiments", "5",
+                               stop_when_done=False)
+
+    assert run.wait_exit(RUN_LIMIT) == 0, run.describe()
+    assert model.problems == [], f"{model.problems}\n{run.describe()}"
+    assert {e.id: e.decision for e in run.experiments()} == {1: "keep", 2: "discard", 3: "keep", 4: "discard",
+                                                             5: "keep"}, run.describe()
+    assert "the limit" in run.supervisor()["stop_reason"]
+    branch = load_run(load_config(wave_workspace), TAG).branch
+    assert "LR = 0.31" in git(wave_workspace, "show", f"{branch}:{TRAIN}"), "the wave's best change reached the branch"
