@@ -225,7 +225,7 @@ def test_a_wave_of_four_submitted_with_wait_false_through_the_cli_is_waited_for_
 
     # The calls reached the server as the model made them: wait=false, read_results with wait_s, decisions by id.
     records = run.audit()
-    calls = [r for r in audit_events(records, actor="server", event="tool_call")]
+    calls = list(audit_events(records, actor="server", event="tool_call"))
     runs = [r for r in calls if r.get("tool") == "run_experiment"]
     assert [r["args"].get("wait") for r in runs] == [None, False, False, False, False], [r["args"] for r in runs]
     assert all(r["status"] == "ok" for r in runs)
