@@ -322,9 +322,11 @@ class DecidingLoopView(RunLoopView):
 
     The supervisor stops at the experiment limit once nothing is in flight; without this it ends the agent the moment
     the last experiment's run ends, before the agent can call commit_or_revert, so an improvement found by the last
-    experiment would never reach the branch. Only the experiment that reaches the limit is held (an agent that starts
-    experiments faster than the supervisor looks must not hold the stop off forever), and only for `decide_s` after
-    it finished.
+    experiment would never reach the branch. With several slots the last wave ends together: every undecided
+    experiment is held, not only the one with the highest id. The hold applies only once the limit is reached exactly
+    (no experiment can start after that, so the undecided ones can only get fewer) and lasts `decide_s` after the
+    last of them finished or the last decision, whichever is later: an agent deciding a wave one by one keeps it, an
+    agent that does nothing loses it after `decide_s`.
     """
 
     def __init__(self, config: Config, run: RunInfo, decide_s: float) -> None:
@@ -335,15 +337,16 @@ class DecidingLoopView(RunLoopView):
         state = read_loop_state(self.config, self.run)
         if state.in_flight is not None:
             return state.in_flight.deadline
-        waiting, cap = state.pending, state.limits.max_experiments
-        if waiting is None or waiting.is_baseline or cap is None or len(state.experiments) != cap \
-                or state.experiments[-1].id != waiting.id:
+        cap = state.limits.max_experiments
+        waiting = [e for e in state.experiments if e.decision is None and not e.is_baseline]
+        if not waiting or cap is None or len(state.experiments) != cap:
             return None
+        stamps = [e.finished_at for e in waiting] + [e.decided_at for e in state.experiments if e.decided_at]
         try:
-            finished = datetime.fromisoformat(waiting.finished_at.replace("Z", "+00:00")).timestamp()
+            last = max(datetime.fromisoformat(str(t).replace("Z", "+00:00")).timestamp() for t in stamps)
         except ValueError:
             return None
-        deadline = finished + self.decide_s
+        deadline = last + self.decide_s
         return deadline if deadline > state.now else None
 
 

@@ -24,12 +24,36 @@ INFLIGHT_FILE = "inflight.json"
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), None if it is gone."""
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), None if it is gone.
+
+    A process that was killed but not yet reaped (a zombie) is gone: its files and locks are released, yet its
+    /proc entry stays until its parent waits for it, and in a container whose init never reaps (or a harness killed
+    with its children orphaned) that can be for ever. Only when every thread is a zombie, though: a killed
+    multi-threaded process has a zombie leader while its other threads still exit, holding its locks.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X") and not _threads_running(pid):
+        return None
+    return fields[19]
+
+
+def _threads_running(pid: int) -> bool:
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def owner_token() -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from server.inflight import read_entries
 from server.jsonl import read_records
 from tests.e2e.claude_workspace import (
     AGENT_MARK_VAR,
