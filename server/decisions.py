@@ -218,6 +218,7 @@ class DecisionMixin:
                 self.repo.restore_paths(tip, mutable)
             decided = self.ledger.append_decision(exp_id, "discard", str(intent["reason"]), None, facts)
             (self.run_dir / "experiments" / f"{exp_id:04d}" / "model" / "checkpoint").unlink(missing_ok=True)
+        self._retry_seals()  # the intent goes only once the decision's line is sealed: else recovery reseals it
         self.intent_path.unlink(missing_ok=True)
         return decided
 

@@ -65,6 +65,8 @@ class RecoveryMixin:
             "type": line.kind, "experiment_id": line.experiment_id})
 
     def _retry_seals(self: Engine) -> None:
+        """Seal the lines whose seal failed; raises while it still cannot (the caller then keeps the inflight entry
+        or the intent that lets the next server reseal them, so no line the server wrote stays unsealed)."""
         while self._unsealed:
             self._append_seal(self._unsealed[0])
             self._unsealed.pop(0)

@@ -165,6 +165,7 @@ class SchedulingMixin:
                                       finished=time.time(), train_s=None, eval_s=None,
                                       log_tail=read_tail(exp_dir / "run.log", self.config.tail_lines),
                                       fingerprint=None, decision="discard", decision_reason=failure)
+        self._retry_seals()  # the entry goes only once its line is sealed: else recovery reseals it
         self._drop_entry(int(entry["id"]))
         return exp
 
@@ -256,6 +257,7 @@ class SchedulingMixin:
         if outcome.private:
             append_record(self.private_dir / "holdout.jsonl",
                           {"experiment_id": exp_id, "time": iso(time.time()), **outcome.private})
+        self._retry_seals()  # the entry goes only once its line is sealed: else recovery reseals it
         self._drop_entry(exp_id)
         return exp
 

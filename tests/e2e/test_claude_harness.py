@@ -34,7 +34,6 @@ from tests.e2e.claude_workspace import (
 )
 from tests.fakes.fake_anthropic import FakeAnthropic, error, hang, tool_use
 from tests.helpers import git
-from server.inflight import read_entries
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -293,9 +293,11 @@ def test_a_failing_file_layer_at_any_write_ends_consistent_and_the_loop_continue
 
     monkeypatch.setattr(jsonl, "append_bytes_unlocked", append)
     monkeypatch.setattr(jsonl, "atomic_write_text", atomic)
-    import server.engine as engine_module
+    import server.decisions as decisions_module
+    import server.inflight as inflight_module
 
-    monkeypatch.setattr(engine_module, "atomic_write_text", atomic)
+    for module in (decisions_module, inflight_module):  # the modules that imported the function by name
+        monkeypatch.setattr(module, "atomic_write_text", atomic)
 
     def full(rng: random.Random) -> None:
         budget["left"] = rng.randrange(0, 9)
