@@ -90,13 +90,14 @@ def stop_load(procs: list[subprocess.Popen[bytes]]) -> None:
 class Bench:
     """The runs of one invocation, the lines they print and the figures they add up to."""
 
-    def __init__(self, tmp: Path, good: tuple[str, str]) -> None:
+    def __init__(self, tmp: Path, good: tuple[str, str], hard_timeout_s: float | None = None) -> None:
         self.tmp = tmp
         self.good = good
+        self.hard_timeout_s = hard_timeout_s
         self.started = time.monotonic()
         self.engines: list[Engine] = []
-        self.noops_tried = self.noops_kept = 0
-        self.good_tried = self.good_kept = 0
+        self.noops_tried = self.noops_kept = self.noops_failed = 0  # failed: the run crashed or timed out
+        self.good_tried = self.good_kept = self.good_failed = 0
         self.good_deltas: list[float] = []  # the known-good change's first run minus its baseline's mean
         self.floors: list[float] = []
         self.margins: list[float] = []
@@ -111,6 +112,13 @@ class Bench:
         workspace.mkdir()
         for rel in TARGET_FILES:
             shutil.copy2(REPO_ROOT / rel, workspace / rel)
+        if self.hard_timeout_s is not None:  # only the wall-clock safety limit; the budget and the rule stay
+            toml = workspace / "pyproject.toml"
+            text, n = re.subn(r"(\[tool\.autoresearch\.profiles\.cpu\]\n(?:[^\[]*?\n)?)hard_timeout_s = \S+",
+                              rf"\g<1>hard_timeout_s = {self.hard_timeout_s:g}", toml.read_text(encoding="utf-8"))
+            if n != 1:
+                raise SystemExit("pyproject.toml has no hard_timeout_s in [tool.autoresearch.profiles.cpu]")
+            toml.write_text(text, encoding="utf-8")
         (workspace / ".gitignore").write_text("__pycache__/\nruns/\n", encoding="utf-8")
         ident = ["-c", "user.email=bench@example.com", "-c", "user.name=bench"]
         for args in (["init", "-q", "-b", "main"], [*ident, "add", "-A"], [*ident, "commit", "-q", "-m", "target"]):
@@ -150,14 +158,16 @@ class Bench:
         self.say(label, f"noise floor {floor:.4f}, margin {margin:.4f} (noise_k {engine.config.noise_k:g})")
         return seen
 
-    def try_change(self, engine: Engine, label: str, description: str, seen: int) -> tuple[bool, int, float | None]:
-        """Run the working copy as one experiment and ask to keep it: (kept?, last id seen, first run's metric)."""
+    def try_change(self, engine: Engine, label: str, description: str,
+                   seen: int) -> tuple[bool | None, int, float | None]:
+        """Run the working copy as one experiment and ask to keep it: (kept? None when the run failed, last id seen,
+        first run's metric)."""
         result = asyncio.run(engine.run_experiment(description, None, caller="bench"))
         seen = self.show_new(engine, label, seen)
         if result.decision != "pending":  # a failed run, already discarded: back to the best code
             self.say(label, f"FAILED {description}: {result.status} ({result.failure})")
             engine.commit_or_revert(prefer="revert", caller="bench")
-            return False, seen, None
+            return None, seen, None
         decision = engine.commit_or_revert(caller="bench")
         seen = self.show_new(engine, label, seen)
         self.say(label, f"{decision.decision.upper()} {description}: {decision.reason}")
@@ -177,8 +187,9 @@ class Bench:
                 description = f"no-op {i + 1}: loss_value renamed loss_value_{i}"
             train.write_text(text, encoding="utf-8")
             kept, seen, _ = self.try_change(engine, "no-ops", description, seen)
-            self.noops_tried += 1
-            self.noops_kept += kept
+            self.noops_failed += kept is None
+            self.noops_tried += kept is not None
+            self.noops_kept += bool(kept)
             self.noop_experiments = engine.ledger.counts()["total"]
 
     def good_run(self, seed: int) -> None:
@@ -196,8 +207,9 @@ class Bench:
             raise SystemExit(f"train.py has no line `{name} = ...` to change")
         train.write_text(text, encoding="utf-8")
         kept, seen, first = self.try_change(engine, label, f"{name} = {value}", seen)
-        self.good_tried += 1
-        self.good_kept += kept
+        self.good_failed += kept is None
+        self.good_tried += kept is not None
+        self.good_kept += bool(kept)
         if first is not None:
             self.good_deltas.append(first - base_mean)
         self.good_experiments += engine.ledger.counts()["total"]
@@ -210,12 +222,17 @@ class Bench:
             "partial": "yes (stopped before the plan was done)" if partial else "no",
             "load_processes": str(load),
             "noops_kept": f"{self.noops_kept}/{self.noops_tried}",
+            "noops_failed": f"{self.noops_failed} (crashed or timed out: neither kept nor counted as tried)",
             "noop_experiments": str(self.noop_experiments),
             "good_change": f"{self.good[0]} -> {self.good[1]}",
             "good_kept": f"{self.good_kept}/{self.good_tried}",
+            "good_failed": str(self.good_failed),
             "good_first_run_minus_baseline_mean": deltas,
             "good_experiments": str(self.good_experiments),
             "experiments": str(sum(e.ledger.counts()["total"] for e in self.engines)),
+            "experiments_failed": str(sum(e.ledger.counts()["total"] - e.ledger.counts().get("ok", 0)
+                                          for e in self.engines)),
+            "hard_timeout_s": f"{self.engines[0].config.hard_timeout_s:g}" if self.engines else "-",
             "noise_floors": ", ".join(f"{f:.4f}" for f in self.floors) or "-",
             "margins": ", ".join(f"{m:.4f}" for m in self.margins) or "-",
             "minutes": f"{(time.monotonic() - self.started) / 60:.1f}",
@@ -247,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--good", type=parse_good, default=parse_good(DEFAULT_GOOD),
                         help=f"the change known to help, as NAME=VALUE (default {DEFAULT_GOOD})")
     parser.add_argument("--seeds-first", action="store_true", help="run the known-good change's runs before the no-ops")
+    parser.add_argument("--hard-timeout", type=float, help="raise the CPU profile's wall-clock hard limit (300 s), "
+                        "for a machine so busy that 60 CPU seconds take longer than that")
     parser.add_argument("--keep", type=Path, help="build the runs here and leave them (default: a temporary folder)")
     args = parser.parse_args(argv)
 
@@ -260,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         raise Stopped()
 
     signal.signal(signal.SIGTERM, on_term)
-    bench = Bench(tmp, args.good)
+    bench = Bench(tmp, args.good, args.hard_timeout)
     print(f"default target, CPU profile, sealed; {args.noops} no-ops in one run, the known-good change "
           f"{args.good[0]} -> {args.good[1]} in {args.seeds} fresh runs; {args.load} busy-loop process(es); "
           f"{os.cpu_count()} CPUs", flush=True)
@@ -278,11 +297,11 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stop_load(load)
         sampler.stop()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
     print("---")
     for key, value in bench.figures(args.load, sampler, partial).items():
         print(f"{key}: {value}")
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
