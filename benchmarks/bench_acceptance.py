@@ -1,6 +1,10 @@
 """How often the keep rule keeps a change that does nothing, and how often it keeps one that helps.
 
     python benchmarks/bench_acceptance.py [--noops 20] [--noop-runs 4] [--seeds 5] [--sigma 0.006]
+    python benchmarks/bench_acceptance.py --default-target [--noops 20] [--seeds 5] [--load N]
+
+`--default-target` runs the real CPU default target instead (bench_acceptance_default.py, whose flags it takes):
+real training, sealed, about 75 minutes, idle or under load.
 
 The target is the tests' fake target with a noisy evaluation: its score is the fake score plus a Gaussian noise of
 standard deviation `--sigma` drawn from the run's AUTORESEARCH_SEED, so repeated runs of the same code differ exactly
@@ -130,6 +134,12 @@ def good_run(root: Path, rule: Rule, sigma: float) -> tuple[bool, int]:
 
 
 def main() -> None:
+    if "--default-target" in sys.argv[1:]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_acceptance_default import main as default_target_main
+
+        default_target_main([arg for arg in sys.argv[1:] if arg != "--default-target"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noops", type=int, default=20)
     parser.add_argument("--noop-runs", type=int, default=4, help="fresh runs (each its own noise floor) sharing --noops")

@@ -1,0 +1,308 @@
+"""The keep rule on the real CPU default target: how many do-nothing changes it keeps, and how often it keeps a real one.
+
+    python benchmarks/bench_acceptance.py --default-target [--noops 20] [--seeds 5] [--load N] [--good NAME=VALUE]
+    python benchmarks/bench_acceptance_default.py [same flags]
+
+The fake target of bench_acceptance.py draws its noise from a formula, so a busy machine changes nothing there. Here
+the repository's own prepare.py, train.py and pyproject.toml are copied into a fresh git workspace, a run is created
+with the CPU profile (60 s budget on the CPU clock, noise_runs 3, confirm_runs 2, noise_k 2) and every experiment
+runs sealed, trained and scored as a real run is, through `Engine.run_experiment` + `Engine.commit_or_revert`:
+
+1. one run: the baseline (with its noise runs), then `--noops` changes that do nothing, alternately a new comment and
+   a renamed local variable (`loss_value`), counting how many were kept;
+2. `--seeds` fresh runs, each measuring its own baseline and noise floor and then trying the change known to help
+   (`--good`, one constant of train.py set to another value) once, counting in how many it was kept.
+
+Each experiment prints a line as it finishes, so an interrupted run still says what it saw; Ctrl-C or SIGTERM stops
+it and prints the figures so far, marked partial. `--load N` starts N busy-loop processes for the whole run (always
+stopped at the end), and the 1-minute load average is sampled every 15 s, so "idle" and "loaded" are measured, not
+claimed. An experiment takes 80 to 90 s of wall time on an idle 2-core machine: the defaults (about 53 experiments)
+take about 75 minutes. It needs the prepared cache and prepares it (`python prepare.py`, a few seconds) when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from server.config import load_config  # noqa: E402
+from server.engine import Engine  # noqa: E402
+from server.runstate import init_run, load_run  # noqa: E402
+
+# Found by measurement (README "Honest acceptance"): the largest gain of the constants tried on this target.
+DEFAULT_GOOD = "WARMDOWN_RATIO=0.2"
+TARGET_FILES = ("prepare.py", "train.py", "pyproject.toml")
+RENAMED = re.compile(r"\bloss_value(?:_\d+)?\b")
+
+
+class Stopped(Exception):
+    """SIGTERM: end the run like Ctrl-C, so the load processes stop and the partial figures print."""
+
+
+class LoadSampler:
+    """The 1-minute load average every `every` seconds on a thread of its own, from start to stop."""
+
+    def __init__(self, every: float = 15.0) -> None:
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def start_load(n: int) -> list[subprocess.Popen[bytes]]:
+    """N processes that each keep one core busy: the other work a shared machine runs."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def stop_load(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Bench:
+    """The runs of one invocation, the lines they print and the figures they add up to."""
+
+    def __init__(self, tmp: Path, good: tuple[str, str], hard_timeout_s: float | None = None) -> None:
+        self.tmp = tmp
+        self.good = good
+        self.hard_timeout_s = hard_timeout_s
+        self.started = time.monotonic()
+        self.engines: list[Engine] = []
+        self.noops_tried = self.noops_kept = self.noops_failed = 0  # failed: the run crashed or timed out
+        self.good_tried = self.good_kept = self.good_failed = 0
+        self.good_deltas: list[float] = []  # the known-good change's first run minus its baseline's mean
+        self.floors: list[float] = []
+        self.margins: list[float] = []
+        self.noop_experiments = self.good_experiments = 0
+
+    def say(self, label: str, text: str) -> None:
+        print(f"[{(time.monotonic() - self.started) / 60:6.1f} min] {label:8s} {text}", flush=True)
+
+    def open_run(self, name: str) -> Engine:
+        """A fresh workspace holding the default target, and a run on it with the CPU profile."""
+        workspace = self.tmp / name
+        workspace.mkdir()
+        for rel in TARGET_FILES:
+            shutil.copy2(REPO_ROOT / rel, workspace / rel)
+        if self.hard_timeout_s is not None:  # only the wall-clock safety limit; the budget and the rule stay
+            toml = workspace / "pyproject.toml"
+            text, n = re.subn(r"(\[tool\.autoresearch\.profiles\.cpu\]\n(?:[^\[]*?\n)?)hard_timeout_s = \S+",
+                              rf"\g<1>hard_timeout_s = {self.hard_timeout_s:g}", toml.read_text(encoding="utf-8"))
+            if n != 1:
+                raise SystemExit("pyproject.toml has no hard_timeout_s in [tool.autoresearch.profiles.cpu]")
+            toml.write_text(text, encoding="utf-8")
+        (workspace / ".gitignore").write_text("__pycache__/\nruns/\n", encoding="utf-8")
+        ident = ["-c", "user.email=bench@example.com", "-c", "user.name=bench"]
+        for args in (["init", "-q", "-b", "main"], [*ident, "add", "-A"], [*ident, "commit", "-q", "-m", "target"]):
+            subprocess.run(["git", *args], cwd=workspace, check=True, capture_output=True)
+        config = load_config(workspace, profile="cpu")
+        init_run(config, "bench")
+        engine = Engine(config, load_run(config, "bench"))
+        if not engine.sealed:
+            raise SystemExit(f"experiments cannot run sealed here ({engine.unsealed_reason}); the benchmark measures "
+                             "sealed runs only")
+        self.engines.append(engine)
+        return engine
+
+    def show_new(self, engine: Engine, label: str, seen: int) -> int:
+        """Print the ledger's experiments after id `seen` (repeats run inside the engine's calls); the last id."""
+        top = engine.ledger.max_id()
+        for exp_id in range(seen + 1, top + 1):
+            exp = engine.ledger.get(exp_id)
+            if exp is None:
+                continue
+            metric = f"{exp.metric:.4f}" if exp.metric is not None else "-"
+            what = f"repeat of {exp.repeat_of}" if exp.repeat_of else exp.description
+            steps = exp.metrics.get("num_steps", "-")
+            self.say(label, f"exp {exp.id:2d} {exp.status:7s} val_bpb {metric}  steps {steps}  "
+                            f"wall {exp.duration_s:5.1f} s  ({what})")
+        return top
+
+    def baseline(self, engine: Engine, label: str) -> int:
+        result = asyncio.run(engine.run_experiment("baseline", None, caller="bench"))
+        seen = self.show_new(engine, label, 0)
+        if result.status != "ok":
+            raise SystemExit(f"the baseline failed ({result.status}: {result.failure}):\n{result.log_tail}")
+        floor = engine.noise_floor()
+        margin = engine.config.margin(floor)
+        self.floors.append(floor if floor is not None else float("nan"))
+        self.margins.append(margin)
+        self.say(label, f"noise floor {floor:.4f}, margin {margin:.4f} (noise_k {engine.config.noise_k:g})")
+        return seen
+
+    def try_change(self, engine: Engine, label: str, description: str,
+                   seen: int) -> tuple[bool | None, int, float | None]:
+        """Run the working copy as one experiment and ask to keep it: (kept? None when the run failed, last id seen,
+        first run's metric)."""
+        result = asyncio.run(engine.run_experiment(description, None, caller="bench"))
+        seen = self.show_new(engine, label, seen)
+        if result.decision != "pending":  # a failed run, already discarded: back to the best code
+            self.say(label, f"FAILED {description}: {result.status} ({result.failure})")
+            engine.commit_or_revert(prefer="revert", caller="bench")
+            return None, seen, None
+        decision = engine.commit_or_revert(caller="bench")
+        seen = self.show_new(engine, label, seen)
+        self.say(label, f"{decision.decision.upper()} {description}: {decision.reason}")
+        return decision.decision == "keep", seen, result.metric
+
+    def noop_run(self, count: int) -> None:
+        engine = self.open_run("noops")
+        seen = self.baseline(engine, "no-ops")
+        train = engine.config.workspace / "train.py"
+        for i in range(count):
+            text = train.read_text(encoding="utf-8")
+            if i % 2 == 0:
+                text += f"# a comment that changes nothing ({i})\n"
+                description = f"no-op {i + 1}: a comment"
+            else:
+                text = RENAMED.sub(f"loss_value_{i}", text)
+                description = f"no-op {i + 1}: loss_value renamed loss_value_{i}"
+            train.write_text(text, encoding="utf-8")
+            kept, seen, _ = self.try_change(engine, "no-ops", description, seen)
+            self.noops_failed += kept is None
+            self.noops_tried += kept is not None
+            self.noops_kept += bool(kept)
+            self.noop_experiments = engine.ledger.counts()["total"]
+
+    def good_run(self, seed: int) -> None:
+        engine = self.open_run(f"good{seed}")
+        label = f"seed {seed}"
+        seen = self.baseline(engine, label)
+        base = engine.ledger.baseline()
+        assert base is not None
+        base_mean = statistics.fmean(engine._run_values(base))  # noqa: SLF001 - the rule's own view of the best
+        train = engine.config.workspace / "train.py"
+        name, value = self.good
+        text, n = re.subn(rf"^{name} = \S+", f"{name} = {value}", train.read_text(encoding="utf-8"), count=1,
+                          flags=re.MULTILINE)
+        if n != 1:
+            raise SystemExit(f"train.py has no line `{name} = ...` to change")
+        train.write_text(text, encoding="utf-8")
+        kept, seen, first = self.try_change(engine, label, f"{name} = {value}", seen)
+        self.good_failed += kept is None
+        self.good_tried += kept is not None
+        self.good_kept += bool(kept)
+        if first is not None:
+            self.good_deltas.append(first - base_mean)
+        self.good_experiments += engine.ledger.counts()["total"]
+
+    def figures(self, load: int, sampler: LoadSampler, partial: bool) -> dict[str, str]:
+        samples = sampler.samples
+        deltas = ", ".join(f"{d:+.4f}" for d in self.good_deltas) or "-"
+        return {
+            "target": "default (CPU profile: 60 s on the CPU clock, noise_runs 3, confirm_runs 2, noise_k 2), sealed",
+            "partial": "yes (stopped before the plan was done)" if partial else "no",
+            "load_processes": str(load),
+            "noops_kept": f"{self.noops_kept}/{self.noops_tried}",
+            "noops_failed": f"{self.noops_failed} (crashed or timed out: neither kept nor counted as tried)",
+            "noop_experiments": str(self.noop_experiments),
+            "good_change": f"{self.good[0]} -> {self.good[1]}",
+            "good_kept": f"{self.good_kept}/{self.good_tried}",
+            "good_failed": str(self.good_failed),
+            "good_first_run_minus_baseline_mean": deltas,
+            "good_experiments": str(self.good_experiments),
+            "experiments": str(sum(e.ledger.counts()["total"] for e in self.engines)),
+            "experiments_failed": str(sum(e.ledger.counts()["total"] - e.ledger.counts().get("ok", 0)
+                                          for e in self.engines)),
+            "hard_timeout_s": f"{self.engines[0].config.hard_timeout_s:g}" if self.engines else "-",
+            "noise_floors": ", ".join(f"{f:.4f}" for f in self.floors) or "-",
+            "margins": ", ".join(f"{m:.4f}" for m in self.margins) or "-",
+            "minutes": f"{(time.monotonic() - self.started) / 60:.1f}",
+            "loadavg_1m_mean": f"{statistics.fmean(samples):.2f}",
+            "loadavg_1m_max": f"{max(samples):.2f}",
+            "loadavg_samples": str(len(samples)),
+        }
+
+
+def ensure_cache() -> None:
+    """The prepared data the sandboxes read; prepared here (a few seconds) when it is missing."""
+    cache = Path(os.environ["AUTORESEARCH_CACHE"]) / os.environ.get("AUTORESEARCH_DATA", "offline") / "meta.json"
+    if not cache.exists():
+        subprocess.run([sys.executable, "prepare.py"], cwd=REPO_ROOT, check=True)
+
+
+def parse_good(spec: str) -> tuple[str, str]:
+    name, sep, value = spec.partition("=")
+    if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name.strip()) or not value.strip():
+        raise argparse.ArgumentTypeError(f"--good takes NAME=VALUE with an UPPER_CASE constant, got {spec!r}")
+    return name.strip(), value.strip()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--noops", type=int, default=20, help="changes that do nothing, in one run")
+    parser.add_argument("--seeds", type=int, default=5, help="fresh runs that each try the known-good change once")
+    parser.add_argument("--load", type=int, default=0, help="busy-loop processes kept running for the whole run")
+    parser.add_argument("--good", type=parse_good, default=parse_good(DEFAULT_GOOD),
+                        help=f"the change known to help, as NAME=VALUE (default {DEFAULT_GOOD})")
+    parser.add_argument("--seeds-first", action="store_true", help="run the known-good change's runs before the no-ops")
+    parser.add_argument("--hard-timeout", type=float, help="raise the CPU profile's wall-clock hard limit (300 s), "
+                        "for a machine so busy that 60 CPU seconds take longer than that")
+    parser.add_argument("--keep", type=Path, help="build the runs here and leave them (default: a temporary folder)")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("AUTORESEARCH_CACHE", str(Path("~/.cache/autoresearch").expanduser()))
+    tmp = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="bench_acceptance_default_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.environ.update(AUTORESEARCH_PRIVATE_DIR=str(tmp / "private"), AUTORESEARCH_KEY_DIR=str(tmp / "keys"))
+    ensure_cache()
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Stopped()
+
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(tmp, args.good, args.hard_timeout)
+    print(f"default target, CPU profile, sealed; {args.noops} no-ops in one run, the known-good change "
+          f"{args.good[0]} -> {args.good[1]} in {args.seeds} fresh runs; {args.load} busy-loop process(es); "
+          f"{os.cpu_count()} CPUs", flush=True)
+    sampler = LoadSampler()
+    load = start_load(args.load)
+    partial = True
+    try:
+        phases = [lambda: bench.noop_run(args.noops) if args.noops else None,
+                  lambda: [bench.good_run(s) for s in range(1, args.seeds + 1)]]
+        for phase in (reversed(phases) if args.seeds_first else phases):
+            phase()
+        partial = False
+    except (KeyboardInterrupt, Stopped):
+        print("stopped: the figures below cover the experiments finished so far", flush=True)
+    finally:
+        stop_load(load)
+        sampler.stop()
+    print("---")
+    for key, value in bench.figures(args.load, sampler, partial).items():
+        print(f"{key}: {value}")
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
