@@ -206,7 +206,7 @@ class Config:
         An unknown name is an error rather than left as is: a literal ``{pinned}`` reaching a command would run the
         wrong file without any sign of it.
         """
-        values = {"python": sys.executable, "workspace": str(self.workspace)}
+        values = {"python": os.path.abspath(sys.executable), "workspace": str(self.workspace)}
         values.update({k: os.fspath(v) for k, v in placeholders.items()})
 
         def substitute(match: re.Match[str]) -> str:

@@ -48,7 +48,7 @@ def test_the_repositorys_own_pyproject_loads_with_the_cpu_profile_applied(tmp_pa
     assert config.source == tmp_path / "pyproject.toml"
     assert config.mutable == ("train.py",) and config.locked == ("prepare.py",)
     assert config.metric == "val_bpb" and config.direction == "minimize"
-    assert config.profile == "cpu" and config.time_budget_s == 60 and config.hard_timeout_s == 300
+    assert config.profile == "cpu" and config.time_budget_s == 60 and config.hard_timeout_s == 900
     assert config.evaluate.mode == "checkpoint" and "{pinned}/prepare.py" in config.evaluate.command
     assert config.runs_dir == tmp_path / "runs"
     assert (config.branch_prefix, config.log_max_bytes, config.tail_lines) == ("autoresearch/", 20_000_000, 30)
