@@ -26,6 +26,7 @@ from harness.claude_sandbox import SandboxCheck, check_sandbox, default_key_dir,
 from harness.loop_state import RunLoopView, read_loop_state
 from harness.procs import LineAgentProcess, spawn_group
 from harness.supervisor import Launch, Limits, Policy, State, Supervisor, SupervisorEvent
+from server.inflight import threads_running
 from server.audit import AuditLog
 from server.config import Config
 from server.engine import Engine
@@ -258,29 +259,9 @@ def kill_marked_agents(mark: str, wait_s: float = 5.0) -> int:
             except OSError:
                 pass
     deadline = time.monotonic() + wait_s
-    while any(_alive(pid) for pid in killed) and time.monotonic() < deadline:
+    while any(threads_running(pid) for pid in killed) and time.monotonic() < deadline:
         time.sleep(0.05)
     return len(killed)
-
-
-def _alive(pid: int) -> bool:
-    """True while any thread of `pid` still runs.
-
-    The leader of a killed multi-threaded process turns zombie before its other threads are gone, and its files (and
-    so its locks) are released only when the last thread exits: a zombie leader alone does not mean the lock is free.
-    """
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return False
-    for task in tasks:
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        if stat[stat.rfind(")") + 2:].split()[0] not in ("Z", "X"):
-            return True
-    return False
 
 
 # ---- the run ----

@@ -36,12 +36,14 @@ def _start_time(pid: int) -> str | None:
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X") and not _threads_running(pid):
+    if fields[0] in ("Z", "X") and not threads_running(pid):
         return None
     return fields[19]
 
 
-def _threads_running(pid: int) -> bool:
+def threads_running(pid: int) -> bool:
+    """True while any thread of `pid` still runs. The leader of a killed multi-threaded process turns zombie before
+    its other threads are gone, and its files (and so its locks) are released only when the last thread exits."""
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
