@@ -90,10 +90,12 @@ def stop_load(procs: list[subprocess.Popen[bytes]]) -> None:
 class Bench:
     """The runs of one invocation, the lines they print and the figures they add up to."""
 
-    def __init__(self, tmp: Path, good: tuple[str, str], hard_timeout_s: float | None = None) -> None:
+    def __init__(self, tmp: Path, good: tuple[str, str], hard_timeout_s: float | None = None,
+                 budget_s: float | None = None) -> None:
         self.tmp = tmp
         self.good = good
         self.hard_timeout_s = hard_timeout_s
+        self.budget_s = budget_s
         self.started = time.monotonic()
         self.engines: list[Engine] = []
         self.noops_tried = self.noops_kept = self.noops_failed = 0  # failed: the run crashed or timed out
@@ -102,6 +104,7 @@ class Bench:
         self.floors: list[float] = []
         self.margins: list[float] = []
         self.noop_experiments = self.good_experiments = 0
+        self.screened: list[tuple[str, float, float]] = []  # (change, gain over the baseline's mean, in floors)
 
     def say(self, label: str, text: str) -> None:
         print(f"[{(time.monotonic() - self.started) / 60:6.1f} min] {label:8s} {text}", flush=True)
@@ -112,13 +115,16 @@ class Bench:
         workspace.mkdir()
         for rel in TARGET_FILES:
             shutil.copy2(REPO_ROOT / rel, workspace / rel)
-        if self.hard_timeout_s is not None:  # only the wall-clock safety limit; the budget and the rule stay
-            toml = workspace / "pyproject.toml"
-            text, n = re.subn(r"(\[tool\.autoresearch\.profiles\.cpu\]\n(?:[^\[]*?\n)?)hard_timeout_s = \S+",
-                              rf"\g<1>hard_timeout_s = {self.hard_timeout_s:g}", toml.read_text(encoding="utf-8"))
+        toml = workspace / "pyproject.toml"
+        text = toml.read_text(encoding="utf-8")
+        for key, value in (("time_budget_s", self.budget_s), ("hard_timeout_s", self.hard_timeout_s)):
+            if value is None:  # the CPU profile's own value
+                continue
+            text, n = re.subn(rf"(\[tool\.autoresearch\.profiles\.cpu\]\n(?:[^\[]*?\n)?){key} = \S+",
+                              rf"\g<1>{key} = {value:g}", text)
             if n != 1:
-                raise SystemExit("pyproject.toml has no hard_timeout_s in [tool.autoresearch.profiles.cpu]")
-            toml.write_text(text, encoding="utf-8")
+                raise SystemExit(f"pyproject.toml has no {key} in [tool.autoresearch.profiles.cpu]")
+        toml.write_text(text, encoding="utf-8")
         (workspace / ".gitignore").write_text("__pycache__/\nruns/\n", encoding="utf-8")
         ident = ["-c", "user.email=bench@example.com", "-c", "user.name=bench"]
         for args in (["init", "-q", "-b", "main"], [*ident, "add", "-A"], [*ident, "commit", "-q", "-m", "target"]):
@@ -201,11 +207,7 @@ class Bench:
         base_mean = statistics.fmean(engine._run_values(base))  # noqa: SLF001 - the rule's own view of the best
         train = engine.config.workspace / "train.py"
         name, value = self.good
-        text, n = re.subn(rf"^{name} = \S+", f"{name} = {value}", train.read_text(encoding="utf-8"), count=1,
-                          flags=re.MULTILINE)
-        if n != 1:
-            raise SystemExit(f"train.py has no line `{name} = ...` to change")
-        train.write_text(text, encoding="utf-8")
+        train.write_text(set_constant(train.read_text(encoding="utf-8"), name, value), encoding="utf-8")
         kept, seen, first = self.try_change(engine, label, f"{name} = {value}", seen)
         self.good_failed += kept is None
         self.good_tried += kept is not None
@@ -214,11 +216,43 @@ class Bench:
             self.good_deltas.append(first - base_mean)
         self.good_experiments += engine.ledger.counts()["total"]
 
+    def target(self) -> str:
+        if not self.engines:
+            return "default target, CPU profile, sealed"
+        config = self.engines[0].config
+        return (f"default target, CPU profile ({config.time_budget_s:g} s on the {config.sandbox.clock} clock, "
+                f"noise_runs {config.noise_runs}, confirm_runs {config.confirm_runs}, noise_k {config.noise_k:g}), "
+                "sealed")
+
+    def screen(self, candidates: list[tuple[str, str]]) -> None:
+        """One run: the baseline with its noise runs, then each candidate once from the baseline code (discarded
+        after), printing its gain over the baseline's mean in noise floors. How a known-good change is found."""
+        engine = self.open_run("screen")
+        seen = self.baseline(engine, "screen")
+        base = engine.ledger.baseline()
+        assert base is not None
+        base_mean = statistics.fmean(engine._run_values(base))  # noqa: SLF001 - the rule's own view of the best
+        floor = engine.noise_floor() or float("nan")
+        train = engine.config.workspace / "train.py"
+        original = train.read_text(encoding="utf-8")
+        for name, value in candidates:
+            train.write_text(set_constant(original, name, value), encoding="utf-8")
+            result = asyncio.run(engine.run_experiment(f"{name} = {value}", None, caller="bench"))
+            seen = self.show_new(engine, "screen", seen)
+            engine.commit_or_revert(prefer="revert", caller="bench")
+            if result.metric is None:
+                self.say("screen", f"{name} = {value}: failed ({result.status}: {result.failure})")
+                continue
+            gain = base_mean - result.metric
+            self.screened.append((f"{name} = {value}", gain, gain / floor))
+            self.say("screen", f"{name} = {value}: gain {gain:+.4f} over the baseline's mean {base_mean:.4f} "
+                               f"({gain / floor:+.1f} noise floors)")
+
     def figures(self, load: int, sampler: LoadSampler, partial: bool) -> dict[str, str]:
         samples = sampler.samples
         deltas = ", ".join(f"{d:+.4f}" for d in self.good_deltas) or "-"
         return {
-            "target": "default (CPU profile: 60 s on the CPU clock, noise_runs 3, confirm_runs 2, noise_k 2), sealed",
+            "target": self.target(),
             "partial": "yes (stopped before the plan was done)" if partial else "no",
             "load_processes": str(load),
             "noops_kept": f"{self.noops_kept}/{self.noops_tried}",
@@ -240,6 +274,15 @@ class Bench:
             "loadavg_1m_max": f"{max(samples):.2f}",
             "loadavg_samples": str(len(samples)),
         }
+
+
+def set_constant(text: str, name: str, value: str) -> str:
+    """train.py's text with the constant `name` set to `value` (its comment kept)."""
+    text, n = re.subn(rf"^({name} = )[^#\n]*?(\s*#.*)?$", lambda m: f"{m[1]}{value}{m[2] or ''}", text, count=1,
+                      flags=re.MULTILINE)
+    if n != 1:
+        raise SystemExit(f"train.py has no line `{name} = ...` to change")
+    return text
 
 
 def ensure_cache() -> None:
@@ -264,6 +307,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--good", type=parse_good, default=parse_good(DEFAULT_GOOD),
                         help=f"the change known to help, as NAME=VALUE (default {DEFAULT_GOOD})")
     parser.add_argument("--seeds-first", action="store_true", help="run the known-good change's runs before the no-ops")
+    parser.add_argument("--budget", type=float, help="the CPU profile's time_budget_s for every run (default: the "
+                        "profile's 60 s); everything else, the rule included, stays the profile's")
+    parser.add_argument("--screen", type=parse_good, nargs="+", metavar="NAME=VALUE",
+                        help="instead of the test: one run, its baseline, then each of these changes once, with its "
+                        "gain in noise floors (how a known-good change is found)")
     parser.add_argument("--hard-timeout", type=float, help="raise the CPU profile's wall-clock hard limit (300 s), "
                         "for a machine so busy that 60 CPU seconds take longer than that")
     parser.add_argument("--keep", type=Path, help="build the runs here and leave them (default: a temporary folder)")
@@ -279,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         raise Stopped()
 
     signal.signal(signal.SIGTERM, on_term)
-    bench = Bench(tmp, args.good, args.hard_timeout)
+    bench = Bench(tmp, args.good, args.hard_timeout, args.budget)
     print(f"default target, CPU profile, sealed; {args.noops} no-ops in one run, the known-good change "
           f"{args.good[0]} -> {args.good[1]} in {args.seeds} fresh runs; {args.load} busy-loop process(es); "
           f"{os.cpu_count()} CPUs", flush=True)
@@ -289,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         phases = [lambda: bench.noop_run(args.noops) if args.noops else None,
                   lambda: [bench.good_run(s) for s in range(1, args.seeds + 1)]]
+        if args.screen:
+            phases = [lambda: bench.screen(args.screen)]
         for phase in (reversed(phases) if args.seeds_first else phases):
             phase()
         partial = False
@@ -300,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     print("---")
     for key, value in bench.figures(args.load, sampler, partial).items():
         print(f"{key}: {value}")
+    for change, gain, floors in bench.screened:
+        print(f"screened: {change}: gain {gain:+.4f} ({floors:+.1f} noise floors)")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
 

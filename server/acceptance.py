@@ -56,20 +56,39 @@ class AcceptanceMixin:
         return [e["id"] for e in self._entries() if e.get("repeat_of") == exp_id]
 
     def noise_missing(self: Engine, base: Experiment) -> int:
-        """How many noise runs of the baseline are neither recorded nor in flight."""
-        return max(0, self.config.noise_runs - 1 - len(self._repeats_of(base)) - len(self._repeats_in_flight(base.id)))
+        """How many noise runs of the baseline still have to run: the successful ones missing, less those in flight.
+
+        A noise run that failed (a crash, a timeout, a kill) does not count: the floor must come from `noise_runs`
+        successful runs. A failed one is replaced, but at most `noise_runs - 1` times in all, so a baseline that keeps
+        failing is not re-run forever; the floor then rests on the runs that succeeded (or is missing, which the rule's
+        words and `read_results` say)."""
+        wanted = self.config.noise_runs
+        if wanted <= 1:
+            return 0
+        repeats = self._repeats_of(base)
+        in_flight = len(self._repeats_in_flight(base.id))
+        missing = wanted - len(self._run_values(base)) - in_flight
+        attempts_left = 2 * (wanted - 1) - len(repeats) - in_flight
+        return max(0, min(missing, attempts_left))
+
+    def noise_failed(self: Engine, base: Experiment) -> int:
+        """Noise runs of the baseline that failed."""
+        return sum(1 for r in self._repeats_of(base) if r.status != "ok" or r.metric is None)
 
     async def _measure_noise(self: Engine, base: Experiment, caller: str | None) -> None:
-        """Bring the baseline to `noise_runs` runs (its own included), all missing ones at once (they share the
-        slots). Called after the baseline and again when a kill cut the measurement short; stops quietly at the
-        run's limits."""
-        with self._state():
-            entries = []
-            for _ in range(self.noise_missing(base)):
-                if self._past_limits(extra=len(entries)) is not None:
-                    break
-                entries.append(self._submit_repeat(base, "noise run", caller))
-        await self._run_all(entries)
+        """Bring the baseline to `noise_runs` successful runs (its own included), all missing ones at once (they
+        share the slots), replacing failed ones within `noise_missing`'s bound. Called after the baseline and again
+        when a kill cut the measurement short; stops quietly at the run's limits."""
+        while True:
+            with self._state():
+                entries = []
+                for _ in range(self.noise_missing(base)):
+                    if self._past_limits(extra=len(entries)) is not None:
+                        break
+                    entries.append(self._submit_repeat(base, "noise run", caller))
+            if not entries:
+                return
+            await self._run_all(entries)
 
     async def _confirm(self: Engine, target: Experiment, caller: str | None) -> tuple[list[float], str | None]:
         """Bring `target` to `1 + confirm_runs` successful runs; returns their metrics, and why confirmation could
@@ -110,6 +129,10 @@ class AcceptanceMixin:
         values = self._run_values(best) if best is not None and best.metric is not None else []
         words = (f"max(min_improvement {self.config.min_improvement:g}, {self.config.noise_k:g} x noise floor "
                  f"{floor:.6f})" if floor is not None else f"min_improvement {self.config.min_improvement:g}")
+        base = self.ledger.baseline()
+        if floor is None and self.config.noise_runs > 1 and base is not None and self.noise_failed(base):
+            words += (f"; the noise floor could not be measured: {self.noise_failed(base)} of the baseline's noise "
+                      "runs failed")
         return floor, margin, (statistics.fmean(values) if values else None), values, words
 
     def _screen(self: Engine, target: Experiment, best: Experiment | None) -> Verdict:

@@ -203,6 +203,52 @@ async def test_noise_runs_cut_short_are_finished_by_the_next_run_experiment_befo
     assert view.structured_content["noise_floor"] == pytest.approx(engine.noise_floor())
 
 
+def crash_on_seed(workspace: Path, seed: int) -> None:
+    """Make the workspace's train.py fail whenever the harness hands it `seed`."""
+    train = workspace / "train.py"
+    text = train.read_text(encoding="utf-8").replace(
+        "PAUSE_S = 0.0\n", f"PAUSE_S = 0.0\nif os.environ.get('AUTORESEARCH_SEED') == '{seed}':\n"
+                           f"    raise SystemExit('this seed crashes')\n")
+    assert "this seed crashes" in text
+    train.write_text(text, encoding="utf-8")
+    subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qam", "crash on a seed"],
+                   cwd=workspace, check=True)
+
+
+@pytest.mark.slow  # runs 4 to 8 experiments
+async def test_a_failed_noise_run_is_replaced_so_the_floor_rests_on_noise_runs_successful_runs(noisy: Path) -> None:
+    crash_on_seed(noisy, 13)
+    engine = make_engine(noisy)
+    engine.next_seed = seeds(50, 13, 40, 60).__next__  # the first noise run crashes; a fresh seed replaces it
+    async with Client(build_server(engine)) as client:
+        base = await client.call_tool("run_experiment", {"description": "baseline"})
+        view = await client.call_tool("read_results", {"last_n": 10})
+    assert base.structured_content["decision"] == "keep"
+    rows = view.structured_content["experiments"]
+    assert [(r["id"], r["repeat_of"], r["status"]) for r in rows] == \
+        [(1, None, "ok"), (2, 1, "crash"), (3, 1, "ok"), (4, 1, "ok")]
+    assert view.structured_content["noise_floor"] == pytest.approx(0.002)
+
+
+@pytest.mark.slow  # runs 4 to 8 experiments
+async def test_a_baseline_whose_noise_runs_keep_failing_is_retried_a_bounded_number_of_times_and_says_so(
+        noisy: Path) -> None:
+    crash_on_seed(noisy, 13)
+    engine = make_engine(noisy)
+    engine.next_seed = seeds(50, 13, 13, 13, 13, 40, 50, 60).__next__  # two noise runs wanted: 4 attempts crash
+    async with Client(build_server(engine)) as client:
+        await client.call_tool("run_experiment", {"description": "baseline"})
+        assert engine.ledger.max_id() == 5, "two noise runs wanted, each replaced once: four attempts"
+        set_constant(noisy / "train.py", "LR", "0.3")
+        ran = await client.call_tool("run_experiment", {"description": "LR 0.3"})
+        view = await client.call_tool("read_results", {})
+        verdict = await client.call_tool("commit_or_revert", {})
+    assert ran.structured_content["id"] == 6, "no more noise runs before the candidate"
+    assert view.structured_content["noise_floor"] is None
+    assert "the noise floor could not be measured: 4 of the baseline's noise runs failed" in \
+        verdict.structured_content["reason"]
+
+
 @pytest.mark.slow  # runs 4 to 8 experiments
 def test_a_confirmation_whose_in_flight_record_was_lost_is_recovered_still_linked_to_its_candidate(
         noisy: Path) -> None:
