@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -78,8 +79,15 @@ def _agent(experiments: list[Experiment]) -> str:
     return "unknown"
 
 
-def _noise_floor(run_dir: Path) -> float | None:
-    """The run's recorded noise floor: `noise_floor` in run.json, or in noise.json beside it."""
+def _noise_floor(run_dir: Path, experiments: list[Experiment]) -> float | None:
+    """The run's noise floor: the sample standard deviation of its baseline's successful runs (the baseline and its
+    noise runs, as the keep rule computes it), else a `noise_floor` written in run.json or noise.json."""
+    base = next((e for e in experiments if e.is_baseline and e.status == "ok" and e.metric is not None), None)
+    if base is not None:
+        values = [base.metric] + [e.metric for e in experiments
+                                  if e.repeat_of == base.id and e.status == "ok" and e.metric is not None]
+        if len(values) >= 2:
+            return statistics.stdev(values)
     for name in ("run.json", "noise.json"):
         try:
             value = json.loads((run_dir / name).read_text(encoding="utf-8")).get("noise_floor")
@@ -153,7 +161,7 @@ def read_run(config: Config, tag: str) -> RunFacts:
     return RunFacts(
         tag=tag, agent=agent, metric=config.metric, direction=config.direction,
         baseline=next((e.metric for e in experiments if e.is_baseline and e.metric is not None), None), best=best,
-        noise_floor=_noise_floor(run.run_dir), experiments=len(experiments),
+        noise_floor=_noise_floor(run.run_dir, experiments), experiments=len(experiments),
         kept=sum(1 for e in experiments if e.decision == "keep" and not e.is_baseline), curve=tuple(curve),
         fingerprint=Counter(fingerprints).most_common(1)[0][0] if fingerprints else None,
         budget_s=budget_s, clock=clock,
