@@ -1,23 +1,30 @@
 """The keep rule on the real CPU default target: how many do-nothing changes it keeps, and how often it keeps a real one.
 
-    python benchmarks/bench_acceptance.py --default-target [--noops 20] [--seeds 5] [--load N] [--good NAME=VALUE]
+    python benchmarks/bench_acceptance.py --default-target [--noops 20] [--seeds 5] [--load N]
+        [--good NAME=VALUE[,NAME=VALUE...]] [--budget S] [--seeds-first] [--keep DIR]
+    python benchmarks/bench_acceptance.py --default-target --screen NAME=VALUE[,...] [NAME=VALUE[,...] ...]
     python benchmarks/bench_acceptance_default.py [same flags]
 
 The fake target of bench_acceptance.py draws its noise from a formula, so a busy machine changes nothing there. Here
 the repository's own prepare.py, train.py and pyproject.toml are copied into a fresh git workspace, a run is created
-with the CPU profile (60 s budget on the CPU clock, noise_runs 3, confirm_runs 2, noise_k 2) and every experiment
-runs sealed, trained and scored as a real run is, through `Engine.run_experiment` + `Engine.commit_or_revert`:
+with the CPU profile (60 s budget on the CPU clock, noise_runs 3, confirm_runs 2, noise_k 2; `--budget` sets another
+budget and leaves the rest) and every experiment runs sealed, trained and scored as a real run is, through
+`Engine.run_experiment` + `Engine.commit_or_revert`:
 
 1. one run: the baseline (with its noise runs), then `--noops` changes that do nothing, alternately a new comment and
    a renamed local variable (`loss_value`), counting how many were kept;
 2. `--seeds` fresh runs, each measuring its own baseline and noise floor and then trying the change known to help
-   (`--good`, one constant of train.py set to another value) once, counting in how many it was kept.
+   (`--good`: constants of train.py set to other values, as one change) once, counting in how many it was kept.
+
+`--screen` is how a known-good change is found: one run, its baseline and noise floor, then each candidate change
+once from the baseline's code, printed with its gain over the baseline's mean in noise floors.
 
 Each experiment prints a line as it finishes, so an interrupted run still says what it saw; Ctrl-C or SIGTERM stops
 it and prints the figures so far, marked partial. `--load N` starts N busy-loop processes for the whole run (always
 stopped at the end), and the 1-minute load average is sampled every 15 s, so "idle" and "loaded" are measured, not
-claimed. An experiment takes 80 to 90 s of wall time on an idle 2-core machine: the defaults (about 53 experiments)
-take about 75 minutes. It needs the prepared cache and prepares it (`python prepare.py`, a few seconds) when missing.
+claimed. On an idle 2-core machine an experiment takes about 48 s of wall time with `--budget 20` (about 28 s of it
+start-up, export and the sealed evaluation) and 80 to 90 s with the profile's 60 s; the defaults (about 55
+experiments) take 45 and 75 minutes. It needs the prepared cache and prepares it (`python prepare.py`) when missing.
 """
 
 from __future__ import annotations
@@ -43,9 +50,12 @@ from server.config import load_config  # noqa: E402
 from server.engine import Engine  # noqa: E402
 from server.runstate import init_run, load_run  # noqa: E402
 
-# Found by measurement (README "Honest acceptance"): the largest gain of the constants tried on this target.
-DEFAULT_GOOD = "WARMDOWN_RATIO=0.2"
+# Found by measurement (README "Honest acceptance", `--screen` with `--budget 20`): 1,024 tokens per optimizer step
+# instead of 4,096 gives the CPU model 3.4 times the steps in the same budget; it gained 0.061 and 0.049 over the
+# baseline's mean in two screening runs, the most of the changes tried.
+DEFAULT_GOOD = "TOTAL_BATCH_TOKENS=2**10"
 TARGET_FILES = ("prepare.py", "train.py", "pyproject.toml")
+Change = tuple[tuple[str, str], ...]  # constants of train.py and their new values, made as one change
 RENAMED = re.compile(r"\bloss_value(?:_\d+)?\b")
 
 
@@ -90,7 +100,7 @@ def stop_load(procs: list[subprocess.Popen[bytes]]) -> None:
 class Bench:
     """The runs of one invocation, the lines they print and the figures they add up to."""
 
-    def __init__(self, tmp: Path, good: tuple[str, str], hard_timeout_s: float | None = None,
+    def __init__(self, tmp: Path, good: Change, hard_timeout_s: float | None = None,
                  budget_s: float | None = None) -> None:
         self.tmp = tmp
         self.good = good
@@ -206,9 +216,8 @@ class Bench:
         assert base is not None
         base_mean = statistics.fmean(engine._run_values(base))  # noqa: SLF001 - the rule's own view of the best
         train = engine.config.workspace / "train.py"
-        name, value = self.good
-        train.write_text(set_constant(train.read_text(encoding="utf-8"), name, value), encoding="utf-8")
-        kept, seen, first = self.try_change(engine, label, f"{name} = {value}", seen)
+        train.write_text(apply_change(train.read_text(encoding="utf-8"), self.good), encoding="utf-8")
+        kept, seen, first = self.try_change(engine, label, describe(self.good), seen)
         self.good_failed += kept is None
         self.good_tried += kept is not None
         self.good_kept += bool(kept)
@@ -224,7 +233,7 @@ class Bench:
                 f"noise_runs {config.noise_runs}, confirm_runs {config.confirm_runs}, noise_k {config.noise_k:g}), "
                 "sealed")
 
-    def screen(self, candidates: list[tuple[str, str]]) -> None:
+    def screen(self, candidates: list[Change]) -> None:
         """One run: the baseline with its noise runs, then each candidate once from the baseline code (discarded
         after), printing its gain over the baseline's mean in noise floors. How a known-good change is found."""
         engine = self.open_run("screen")
@@ -235,17 +244,17 @@ class Bench:
         floor = engine.noise_floor() or float("nan")
         train = engine.config.workspace / "train.py"
         original = train.read_text(encoding="utf-8")
-        for name, value in candidates:
-            train.write_text(set_constant(original, name, value), encoding="utf-8")
-            result = asyncio.run(engine.run_experiment(f"{name} = {value}", None, caller="bench"))
+        for change in candidates:
+            train.write_text(apply_change(original, change), encoding="utf-8")
+            result = asyncio.run(engine.run_experiment(describe(change), None, caller="bench"))
             seen = self.show_new(engine, "screen", seen)
             engine.commit_or_revert(prefer="revert", caller="bench")
             if result.metric is None:
-                self.say("screen", f"{name} = {value}: failed ({result.status}: {result.failure})")
+                self.say("screen", f"{describe(change)}: failed ({result.status}: {result.failure})")
                 continue
             gain = base_mean - result.metric
-            self.screened.append((f"{name} = {value}", gain, gain / floor))
-            self.say("screen", f"{name} = {value}: gain {gain:+.4f} over the baseline's mean {base_mean:.4f} "
+            self.screened.append((describe(change), gain, gain / floor))
+            self.say("screen", f"{describe(change)}: gain {gain:+.4f} over the baseline's mean {base_mean:.4f} "
                                f"({gain / floor:+.1f} noise floors)")
 
     def figures(self, load: int, sampler: LoadSampler, partial: bool) -> dict[str, str]:
@@ -258,7 +267,7 @@ class Bench:
             "noops_kept": f"{self.noops_kept}/{self.noops_tried}",
             "noops_failed": f"{self.noops_failed} (crashed or timed out: neither kept nor counted as tried)",
             "noop_experiments": str(self.noop_experiments),
-            "good_change": f"{self.good[0]} -> {self.good[1]}",
+            "good_change": describe(self.good),
             "good_kept": f"{self.good_kept}/{self.good_tried}",
             "good_failed": str(self.good_failed),
             "good_first_run_minus_baseline_mean": deltas,
@@ -292,11 +301,26 @@ def ensure_cache() -> None:
         subprocess.run([sys.executable, "prepare.py"], cwd=REPO_ROOT, check=True)
 
 
-def parse_good(spec: str) -> tuple[str, str]:
-    name, sep, value = spec.partition("=")
-    if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name.strip()) or not value.strip():
-        raise argparse.ArgumentTypeError(f"--good takes NAME=VALUE with an UPPER_CASE constant, got {spec!r}")
-    return name.strip(), value.strip()
+def parse_change(spec: str) -> Change:
+    """NAME=VALUE[,NAME=VALUE...]: constants of train.py set to new values, as one change."""
+    change = []
+    for part in spec.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name.strip()) or not value.strip():
+            raise argparse.ArgumentTypeError(f"a change is NAME=VALUE[,NAME=VALUE...] with UPPER_CASE constants, "
+                                             f"got {spec!r}")
+        change.append((name.strip(), value.strip()))
+    return tuple(change)
+
+
+def apply_change(text: str, change: Change) -> str:
+    for name, value in change:
+        text = set_constant(text, name, value)
+    return text
+
+
+def describe(change: Change) -> str:
+    return ", ".join(f"{name} = {value}" for name, value in change)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -304,15 +328,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--noops", type=int, default=20, help="changes that do nothing, in one run")
     parser.add_argument("--seeds", type=int, default=5, help="fresh runs that each try the known-good change once")
     parser.add_argument("--load", type=int, default=0, help="busy-loop processes kept running for the whole run")
-    parser.add_argument("--good", type=parse_good, default=parse_good(DEFAULT_GOOD),
-                        help=f"the change known to help, as NAME=VALUE (default {DEFAULT_GOOD})")
+    parser.add_argument("--good", type=parse_change, default=parse_change(DEFAULT_GOOD),
+                        help=f"the change known to help, as NAME=VALUE[,NAME=VALUE...] (default {DEFAULT_GOOD})")
     parser.add_argument("--seeds-first", action="store_true", help="run the known-good change's runs before the no-ops")
     parser.add_argument("--budget", type=float, help="the CPU profile's time_budget_s for every run (default: the "
                         "profile's 60 s); everything else, the rule included, stays the profile's")
-    parser.add_argument("--screen", type=parse_good, nargs="+", metavar="NAME=VALUE",
+    parser.add_argument("--screen", type=parse_change, nargs="+", metavar="NAME=VALUE[,NAME=VALUE...]",
                         help="instead of the test: one run, its baseline, then each of these changes once, with its "
                         "gain in noise floors (how a known-good change is found)")
-    parser.add_argument("--hard-timeout", type=float, help="raise the CPU profile's wall-clock hard limit (300 s), "
+    parser.add_argument("--hard-timeout", type=float, help="raise the CPU profile's wall-clock hard limit (900 s), "
                         "for a machine so busy that 60 CPU seconds take longer than that")
     parser.add_argument("--keep", type=Path, help="build the runs here and leave them (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -328,9 +352,10 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     bench = Bench(tmp, args.good, args.hard_timeout, args.budget)
-    print(f"default target, CPU profile, sealed; {args.noops} no-ops in one run, the known-good change "
-          f"{args.good[0]} -> {args.good[1]} in {args.seeds} fresh runs; {args.load} busy-loop process(es); "
-          f"{os.cpu_count()} CPUs", flush=True)
+    plan = (f"{len(args.screen)} changes screened in one run" if args.screen else
+            f"{args.noops} no-ops in one run, the known-good change {describe(args.good)} in {args.seeds} fresh runs")
+    print(f"default target, CPU profile, sealed; {plan}; {args.load} busy-loop process(es); {os.cpu_count()} CPUs",
+          flush=True)
     sampler = LoadSampler()
     load = start_load(args.load)
     partial = True
