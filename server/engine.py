@@ -454,7 +454,7 @@ class Engine(SchedulingMixin, DecisionMixin, AcceptanceMixin, RecoveryMixin):
         mutable = ", ".join(self.config.mutable)
         if exp.status == "ok" and exp.is_baseline:
             floor = self.noise_floor()
-            measured = f" (noise floor {floor:.6f} over {self.config.noise_runs} runs)" if floor is not None else ""
+            measured = f" (noise floor {floor:.6f} over {len(self._run_values(exp))} runs)" if floor is not None else ""
             step = f"Baseline recorded{measured}. Edit {mutable} with one idea, then call run_experiment."
         elif exp.status == "ok" and would_keep and confirm:
             step = (f"Call commit_or_revert: it beats the best by more than {margin:.6f}, so it re-runs this change "
