@@ -101,9 +101,10 @@ class Bench:
     """The runs of one invocation, the lines they print and the figures they add up to."""
 
     def __init__(self, tmp: Path, good: Change, hard_timeout_s: float | None = None,
-                 budget_s: float | None = None) -> None:
+                 budget_s: float | None = None, start: Change = ()) -> None:
         self.tmp = tmp
         self.good = good
+        self.start = start  # what the known-good change's runs begin from (empty: the shipped train.py)
         self.hard_timeout_s = hard_timeout_s
         self.budget_s = budget_s
         self.started = time.monotonic()
@@ -119,12 +120,16 @@ class Bench:
     def say(self, label: str, text: str) -> None:
         print(f"[{(time.monotonic() - self.started) / 60:6.1f} min] {label:8s} {text}", flush=True)
 
-    def open_run(self, name: str) -> Engine:
-        """A fresh workspace holding the default target, and a run on it with the CPU profile."""
+    def open_run(self, name: str, start: Change = ()) -> Engine:
+        """A fresh workspace holding the default target (with `start` made to its train.py, committed as the code
+        the run begins from), and a run on it with the CPU profile."""
         workspace = self.tmp / name
         workspace.mkdir()
         for rel in TARGET_FILES:
             shutil.copy2(REPO_ROOT / rel, workspace / rel)
+        if start:
+            train = workspace / "train.py"
+            train.write_text(apply_change(train.read_text(encoding="utf-8"), start), encoding="utf-8")
         toml = workspace / "pyproject.toml"
         text = toml.read_text(encoding="utf-8")
         for key, value in (("time_budget_s", self.budget_s), ("hard_timeout_s", self.hard_timeout_s)):
@@ -209,7 +214,7 @@ class Bench:
             self.noop_experiments = engine.ledger.counts()["total"]
 
     def good_run(self, seed: int) -> None:
-        engine = self.open_run(f"good{seed}")
+        engine = self.open_run(f"good{seed}", self.start)
         label = f"seed {seed}"
         seen = self.baseline(engine, label)
         base = engine.ledger.baseline()
@@ -267,7 +272,7 @@ class Bench:
             "noops_kept": f"{self.noops_kept}/{self.noops_tried}",
             "noops_failed": f"{self.noops_failed} (crashed or timed out: neither kept nor counted as tried)",
             "noop_experiments": str(self.noop_experiments),
-            "good_change": describe(self.good),
+            "good_change": describe(self.good) + (f", from {describe(self.start)}" if self.start else ""),
             "good_kept": f"{self.good_kept}/{self.good_tried}",
             "good_failed": str(self.good_failed),
             "good_first_run_minus_baseline_mean": deltas,
@@ -330,6 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load", type=int, default=0, help="busy-loop processes kept running for the whole run")
     parser.add_argument("--good", type=parse_change, default=parse_change(DEFAULT_GOOD),
                         help=f"the change known to help, as NAME=VALUE[,NAME=VALUE...] (default {DEFAULT_GOOD})")
+    parser.add_argument("--from", dest="start", type=parse_change, default=(), metavar="NAME=VALUE[,...]",
+                        help="the known-good change's runs begin from train.py with these constants changed (a "
+                        "baseline made worse on purpose, so that --good, the shipped values, is a gain of a known "
+                        "size); the no-op run always begins from the shipped train.py")
     parser.add_argument("--seeds-first", action="store_true", help="run the known-good change's runs before the no-ops")
     parser.add_argument("--budget", type=float, help="the CPU profile's time_budget_s for every run (default: the "
                         "profile's 60 s); everything else, the rule included, stays the profile's")
@@ -351,9 +360,10 @@ def main(argv: list[str] | None = None) -> None:
         raise Stopped()
 
     signal.signal(signal.SIGTERM, on_term)
-    bench = Bench(tmp, args.good, args.hard_timeout, args.budget)
+    bench = Bench(tmp, args.good, args.hard_timeout, args.budget, args.start)
     plan = (f"{len(args.screen)} changes screened in one run" if args.screen else
-            f"{args.noops} no-ops in one run, the known-good change {describe(args.good)} in {args.seeds} fresh runs")
+            f"{args.noops} no-ops in one run, the known-good change {describe(args.good)} in {args.seeds} fresh runs"
+            + (f" that begin from {describe(args.start)}" if args.start else ""))
     print(f"default target, CPU profile, sealed; {plan}; {args.load} busy-loop process(es); {os.cpu_count()} CPUs",
           flush=True)
     sampler = LoadSampler()
