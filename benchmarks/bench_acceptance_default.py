@@ -368,9 +368,11 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     bench = Bench(tmp, args.good, args.hard_timeout, args.budget, args.start)
-    plan = (f"{len(args.screen)} changes screened in one run" if args.screen else
-            f"{args.noops} no-ops in one run, the known-good change {describe(args.good)} in {args.seeds} fresh runs"
-            + (f" that begin from {describe(args.start)}" if args.start else ""))
+    parts = [f"{args.noops} no-ops in one run"] if args.noops else []
+    if args.seeds:
+        parts.append(f"the known-good change {describe(args.good)} in {args.seeds} fresh runs"
+                     + (f" that begin from {describe(args.start)}" if args.start else ""))
+    plan = f"{len(args.screen)} changes screened in one run" if args.screen else "; ".join(parts) or "nothing to run"
     print(f"default target, CPU profile, sealed; {plan}; {args.load} busy-loop process(es); {os.cpu_count()} CPUs",
           flush=True)
     sampler = LoadSampler()
