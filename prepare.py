@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # ---- Constants ----
 
-CACHE_FORMAT = 2                       # bump when the cache layout changes (2: holdout split, secret split salt)
+CACHE_FORMAT = 3                       # bump when the cache layout changes (3: held-out split balanced by bytes)
 EVAL_BATCH = 8                         # windows per forward pass in the evaluation; the model is exported at this shape
 PROBE_BATCHES = 4                      # scored batches re-run with a changed future to check causality
 TRUSTED_OP_NAMESPACES = ("aten",)      # operators an exported model may call (pure tensor math)
@@ -56,7 +56,7 @@ SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}|
                  r"""\s+(?!\S)|\s+""")  # GPT-4-style pre-split: words, 1-3 digit groups, punctuation, whitespace
 CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 CLIMBMIX_VAL_SHARD = 6542               # pinned validation shard, never trained on
-OFFLINE_VAL_PERCENT = 10                # share of stdlib files held out: half validation, half hidden holdout
+OFFLINE_VAL_PERCENT = 10                # share of stdlib bytes held out: half validation, half hidden holdout
 EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "ensurepip"}
 
 
@@ -174,11 +174,15 @@ def offline_corpus(corpus_bytes: int, salt: str = "") -> tuple[list[str], list[s
     Why this text: it is real, varied English prose (docstrings, pydoc_data/topics.py) mixed with code, several MB,
     and present wherever Python runs, so the default experiment needs no download. Files are walked in sorted order,
     taken in the order of a hash of their relative path (a fixed shuffle that mixes packages) until corpus_bytes is
-    reached (empty files and exact copies skipped). A file is held out when a hash of the secret `salt` and its path
-    falls in the first OFFLINE_VAL_PERCENT of 100, and then goes to validation or to the holdout by the same hash.
+    reached (empty files and exact copies skipped).
+
+    Which files are held out is decided by a hash of the secret `salt` and each path, and by bytes, not by file count:
+    files are visited in salted-hash order and each goes to whichever of validation and holdout holds fewer bytes,
+    until both hold at least half of OFFLINE_VAL_PERCENT of the corpus. Counting files instead would leave the
+    split's size to chance (a small corpus could score 45 tokens of validation against one large holdout file).
     The salt matters because the sandbox must show the standard library to run Python at all: without it, train.py
     could recompute which files are scored and train on exactly those. The salt is kept beside the cache
-    (`split_salt`), which no training sandbox sees.
+    (`split_salt`), which no training sandbox sees. Every split keeps the fixed walk order.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
     relpaths: list[str] = []
@@ -188,9 +192,7 @@ def offline_corpus(corpus_bytes: int, salt: str = "") -> tuple[list[str], list[s
             if name.endswith(".py"):
                 relpaths.append((Path(dirpath) / name).relative_to(root).as_posix())
     relpaths.sort(key=lambda p: (_path_hash(p), p))
-    train: list[str] = []
-    val: list[str] = []
-    holdout: list[str] = []
+    docs: list[tuple[str, str]] = []
     total = 0
     seen: set[str] = set()
     for rel in relpaths:
@@ -203,15 +205,19 @@ def offline_corpus(corpus_bytes: int, salt: str = "") -> tuple[list[str], list[s
             continue  # empty __init__ files and copies would blur the train/validation split
         seen.add(text)
         total += size
-        split = _path_hash(salt + rel)
-        if split % 100 >= OFFLINE_VAL_PERCENT:
-            train.append(text)
-        else:
-            (val if (split // 100) % 2 == 0 else holdout).append(text)
-    if not holdout and len(val) > 1:  # a small corpus: keep both scored splits non-empty
-        holdout.append(val.pop())
-    if not val and len(holdout) > 1:
-        val.append(holdout.pop())
+        docs.append((rel, text))
+    half_target = total * OFFLINE_VAL_PERCENT / 200
+    held: dict[str, str] = {}  # path -> "val" | "holdout"
+    held_bytes = {"val": 0, "holdout": 0}
+    for rel, text in sorted(docs, key=lambda d: (_path_hash(salt + d[0]), d[0]))[:-1]:  # the last stays for training
+        if min(held_bytes.values()) >= half_target:
+            break
+        split = "val" if held_bytes["val"] <= held_bytes["holdout"] else "holdout"
+        held[rel] = split
+        held_bytes[split] += len(text.encode("utf-8"))
+    train = [text for rel, text in docs if rel not in held]
+    val = [text for rel, text in docs if held.get(rel) == "val"]
+    holdout = [text for rel, text in docs if held.get(rel) == "holdout"]
     if not train or not val or not holdout:
         raise PrepareError(f"the standard library at {root} gave too little text ({total} bytes) for a corpus")
     return train, val, holdout

@@ -44,6 +44,16 @@ def test_the_split_depends_on_the_secret_salt_so_train_py_cannot_recompute_it() 
     assert set(val_a) != set(val_b)
 
 
+def test_every_salt_gives_both_scored_splits_their_share_of_the_bytes_even_for_a_small_corpus() -> None:
+    """The salt picks which files are scored, never how much: each split holds at least 5% of the bytes."""
+    for salt in (f"{i:032x}" for i in range(40)):
+        train, val, holdout = prepare.offline_corpus(400_000, salt)
+        sizes = [sum(len(d.encode()) for d in split) for split in (train, val, holdout)]
+        total = sum(sizes)
+        assert min(sizes[1], sizes[2]) >= total * prepare.OFFLINE_VAL_PERCENT / 200, (salt, sizes)
+        assert sizes[0] > 0.6 * total, (salt, sizes)
+
+
 @pytest.mark.slow
 def test_the_default_offline_corpus_is_several_megabytes_of_text() -> None:
     train, val, holdout = prepare.offline_corpus(prepare.SOURCE_DEFAULTS["offline"].corpus_bytes)
