@@ -510,7 +510,9 @@ async def amain(options: AgentOptions, emitter: Emitter, api_client: Any) -> Out
                 return
 
     outcome: Outcome | None = None
-    async with anyio.create_task_group() as group:
+    # The API client is closed here, in the loop that opened its connections: left to the garbage collector, it
+    # schedules its own close on whatever loop runs then, where the connections' closed loop makes it fail.
+    async with api_client, anyio.create_task_group() as group:
         group.start_soon(watch)
         await anyio.sleep(0)  # let the watcher install its handlers before the work starts
         with work:

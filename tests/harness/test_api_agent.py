@@ -23,6 +23,7 @@ from harness.agents.api_agent import (
     ApiSession,
     Emitter,
     SessionState,
+    amain,
     load_state,
     open_conversation,
     save_state,
@@ -138,9 +139,24 @@ def run_loop(fake: FakeAnthropic, tools: StubTools, **option_overrides: Any) -> 
     open_conversation(state, options.prompt)
     client = anthropic.AsyncAnthropic(base_url=fake.url, api_key="sk-test", max_retries=0, timeout=30)
     session = ApiSession(options, client, tools, "system prompt", Emitter(out, "s1"), state, lambda s: None)
-    outcome = anyio.run(session.run)
+
+    async def run_and_close() -> Any:
+        async with client:  # closed in the loop that opened its connections, not by a later test's loop
+            return await session.run()
+
+    outcome = anyio.run(run_and_close)
     events = [e for line in out.getvalue().splitlines() for e in parse_api_line(line)]
     return outcome, events, state
+
+
+def test_a_session_closes_its_api_client_in_its_own_event_loop_even_when_it_fails(tmp_path: Path) -> None:
+    """Left open, the SDK client schedules its own close on a later event loop, where it fails on the dead one."""
+    client = anthropic.AsyncAnthropic(base_url="http://127.0.0.1:9", api_key="sk-test", max_retries=0)
+    options = AgentOptions(workspace=tmp_path / "no-such-workspace", tag="t", mode="new", session_id="s1",
+                           prompt="go")
+    outcome = anyio.run(amain, options, Emitter(io.StringIO(), "s1"), client)
+    assert outcome.is_error and outcome.subtype == "error_during_execution"
+    assert client.is_closed()
 
 
 def test_the_session_ends_with_context_exhausted_once_the_conversation_outgrows_the_limit() -> None:
