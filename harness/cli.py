@@ -20,6 +20,7 @@ from server.gitrepo import GitError
 from server.integrity import IntegrityError
 from server.jsonl import CorruptFileError
 from server.models import ExperimentRow
+from server.private import read_holdout
 from server.runstate import RunError, RunInfo, default_tag, init_run, load_run, set_current
 from server.text import for_terminal
 
@@ -170,17 +171,26 @@ def cmd_results(args: argparse.Namespace) -> int:
     total = len(rows)
     if not args.all:
         rows = rows[-args.last:]
+    holdout = read_holdout(run.run_dir, config.metric) if args.holdout else {}
     if args.json:
         view = engine.read_results(last_n=1).model_copy(update={"experiments": rows})
-        print(view.model_dump_json(indent=2))
+        document = view.model_dump(mode="json")
+        if args.holdout:  # the person's view: the agent's read_results never carries it
+            document["holdout"] = {str(k): v for k, v in sorted(holdout.items())}
+        print(json.dumps(document, indent=2))
         return 0
-    print(f"{'id':>4}  {'status':8} {for_terminal(config.metric):>10} {'delta':>10}  {'decision':8}  description")
+    column = f" {'holdout':>10}" if args.holdout else ""
+    print(f"{'id':>4}  {'status':8} {for_terminal(config.metric):>10}{column} {'delta':>10}  {'decision':8}  "
+          "description")
     for row in rows:
         delta = "-" if row.delta is None else f"{row.delta:+.6f}"
         # compatibility mode: the script printed its own metric; a failed run has no metric to doubt
         mark = " [unverified]" if row.status == "ok" and not row.verified else ""
-        print(f"{row.id:>4}  {row.status:8} {_fmt(row.metric):>10} {delta:>10}  {row.decision:8}  "
+        held = f" {_fmt(holdout.get(row.id)):>10}" if args.holdout else ""
+        print(f"{row.id:>4}  {row.status:8} {_fmt(row.metric):>10}{held} {delta:>10}  {row.decision:8}  "
               f"{for_terminal(row.description)}{mark}")
+    if args.holdout and not holdout:
+        print("(no holdout scores recorded for this run: its evaluation scores no holdout split)", file=sys.stderr)
     if len(rows) < total:
         print(f"(the last {len(rows)} of {total} experiments; --all lists every one)", file=sys.stderr)
     return 0
@@ -195,6 +205,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                          args.out)
     written = [files.markdown, files.html] + ([files.plot] if files.plot else [])
     print("wrote " + ", ".join(str(p) for p in written if p is not None))
+    if files.private is not None:
+        print(f"your copy, with the holdout scores the agent never sees: {files.private}")
     return 0
 
 
@@ -477,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--last", type=int, default=200, help="the last N experiments (default 200)")
     shown.add_argument("--all", action="store_true", help="every experiment of the run")
+    p.add_argument("--holdout", action="store_true",
+                   help="add each experiment's holdout score (for you: the agent never sees it)")
     p.add_argument("--json", action="store_true")
     p = add("report", cmd_report)
     p.add_argument("--out", type=Path, default=None,

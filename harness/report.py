@@ -3,6 +3,11 @@
 All three say the same things a person wants after a night away: did it make progress, which changes worked, what
 failed, what the supervisor went through (sessions, stalls, restarts, backoffs, cost) and whether the audit chain is
 intact. The chart and the page share one view of the data (`harness.dashboard.series`), so they never disagree.
+
+Two copies. The one in the run folder (or `--out`) is where the agent can read it, so it never carries a holdout
+score: it says where the person's copy is. The person's copy, in the run's private folder (server/private.py), adds
+the holdout score of the baseline and of the best, draws the holdout on the chart, and flags a run whose validation
+improved while its holdout did not (the kept changes may fit the validation split rather than the task).
 """
 
 from __future__ import annotations
@@ -11,13 +16,15 @@ import base64
 import html
 import io
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server import history
 from server.ledger import Experiment
+from server.private import private_folder
 
 from harness.dashboard.data import AuditSummary, RunData, RunMeta, SupervisorSummary, last_holdout
 from harness.dashboard.series import Chart, build_chart, experiment_flags
@@ -37,6 +44,7 @@ class ReportFiles:
     markdown: Path
     plot: Path | None
     html: Path | None = None
+    private: Path | None = None  # the person's copy (report.md with the holdout), outside the agent's reach
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,8 @@ class Night:
     audit: AuditSummary | None
     violations: int | None
     noise_floor: float | None
+    holdout: Mapping[int, float] = field(default_factory=dict)  # person-only scores; empty in the agent-readable copy
+    private_copy: Path | None = None  # where the person's copy of the report is, named in the agent-readable one
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -66,7 +76,7 @@ def read_night(run_dir: Path, tag: str, metric: str, direction: str) -> Night:
     supervisor = data.supervisor()
     audit = data.audit_summary()
     return Night(supervisor if supervisor.present else None, audit if audit.ok is not None else None,
-                 data.violations().get("count"), data.noise_floor())
+                 data.violations().get("count"), data.noise_floor(), data.holdout())
 
 
 # ---- the text, shared by report.md and report.html ----
@@ -86,7 +96,7 @@ def headline(metric: str, direction: str, experiments: list[Experiment]) -> list
     return lines
 
 
-def fact_lines(experiments: list[Experiment], night: Night) -> list[str]:
+def fact_lines(experiments: list[Experiment], night: Night, direction: str = "minimize") -> list[str]:
     counts = history.counts(experiments)
     base = history.baseline(experiments)
     span = (_parse(experiments[-1].finished_at) - _parse(experiments[0].started_at)).total_seconds()
@@ -106,10 +116,7 @@ def fact_lines(experiments: list[Experiment], night: Night) -> list[str]:
     unsealed = sum(1 for e in experiments if "unsealed" in experiment_flags(e))
     if unsealed:
         lines.append(f"{plural(unsealed, 'result')} {'was' if unsealed == 1 else 'were'} measured UNSEALED")
-    holdout = last_holdout(experiments)
-    if holdout is not None:
-        lines.append(f"Holdout (for you, never shown to the agent): {holdout['value']:.6f} at experiment "
-                     f"{holdout['id']}")
+    lines += holdout_lines(experiments, night, direction)
     if night.noise_floor is not None:
         lines.append(f"Noise floor: ±{night.noise_floor:.6f} (differences smaller than this are not evidence)")
     repeats = [e for e in experiments if e.repeat_of is not None]
@@ -119,6 +126,32 @@ def fact_lines(experiments: list[Experiment], night: Night) -> list[str]:
                      f"{len(repeats) - noise} confirming candidates (counted in the experiments above)")
     if night.violations:
         lines.append(f"Violations: {night.violations} (a locked file was changed and restored)")
+    return lines
+
+
+def holdout_lines(experiments: list[Experiment], night: Night, direction: str) -> list[str]:
+    """The holdout of the baseline and of the best, and the warning when validation improved and the holdout did
+    not; in the agent-readable copy only where the person's copy is."""
+    if not night.holdout:
+        if night.private_copy is not None:
+            return [f"Holdout scores (never shown to the agent) are in your copy of this report: {night.private_copy}"]
+        return []
+    base, best = history.baseline(experiments), history.best_kept(experiments)
+    h_base = night.holdout.get(base.id) if base else None
+    h_best = night.holdout.get(best.id) if best else None
+    latest = last_holdout(experiments, night.holdout)
+    if h_base is None or h_best is None or best is None or base is None or best.id == base.id:
+        return [f"Holdout (for you, never shown to the agent): {latest['value']:.6f} at experiment {latest['id']}"
+                if latest else "Holdout: none recorded"]
+    lines = [f"Holdout (for you, never shown to the agent): baseline {h_base:.6f} -> best {h_best:.6f} "
+             f"({h_best - h_base:+.6f}, experiment {best.id})"]
+    sign = 1 if direction == "minimize" else -1
+    val_gain = sign * ((base.metric or 0.0) - (best.metric or 0.0))
+    hold_gain = sign * (h_base - h_best)
+    if val_gain > 0 and hold_gain <= 0:
+        lines.append(f"**WARNING: validation improved by {val_gain:.6f} but the holdout did not ({h_base:.6f} -> "
+                     f"{h_best:.6f})**: the kept changes may fit the validation split rather than the task; check "
+                     "them before promoting")
     return lines
 
 
@@ -170,7 +203,7 @@ def render_markdown(tag: str, metric: str, direction: str, experiments: list[Exp
     if not experiments:
         return "\n".join(lines + ["No experiments yet.", ""])
     lines += headline(metric, direction, experiments) + [""]
-    lines += [f"- {line}" for line in fact_lines(experiments, night)]
+    lines += [f"- {line}" for line in fact_lines(experiments, night, direction)]
     lines += ["", "## The night", ""] + [f"- {line}" for line in night_lines(night)]
     lines += ["", "## Audit", "", audit_line(night.audit)]
     lines += ["", "## Kept changes, by gain", ""]
@@ -200,7 +233,8 @@ def _cell(text: str) -> str:
 # ---- the chart ----
 
 def render_plot(path: Path | io.BytesIO, tag: str, metric: str, direction: str, experiments: list[Experiment],
-                noise_floor: float | None = None) -> Path | io.BytesIO | None:
+                noise_floor: float | None = None, holdout: Mapping[int, float] | None = None
+                ) -> Path | io.BytesIO | None:
     """progress.png: the running best as a step line, kept points labelled, discarded points, the y-range focused on
     the band that matters (points outside it as triangles at the edge), failures on a strip below the metric."""
     import matplotlib
@@ -209,7 +243,7 @@ def render_plot(path: Path | io.BytesIO, tag: str, metric: str, direction: str, 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    chart = build_chart(experiments, direction, noise_floor)
+    chart = build_chart(experiments, direction, noise_floor, holdout)
     if not chart.ids:
         return None
     fig, (ax, strip) = plt.subplots(2, 1, figsize=(11, 5.6), dpi=120, sharex=True,
@@ -364,7 +398,7 @@ def render_html(tag: str, metric: str, direction: str, experiments: list[Experim
     if not experiments:
         return "".join(out + ["<p>No experiments yet.</p></body></html>"])
     out += [f"<p>{md(line)}</p>" for line in headline(metric, direction, experiments)]
-    out.append(bullets(fact_lines(experiments, night)))
+    out.append(bullets(fact_lines(experiments, night, direction)))
     if png:
         out.append(f"<img alt='progress chart' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
     out.append("<h2>The night</h2>" + bullets(night_lines(night)))
@@ -395,14 +429,27 @@ def render_html(tag: str, metric: str, direction: str, experiments: list[Experim
 
 def write_report(run_dir: Path, tag: str, metric: str, direction: str, experiments: list[Experiment],
                  out_dir: Path | None = None) -> ReportFiles:
+    """The report in `out_dir` (default: the run folder), without holdout scores; and, when the run has holdout
+    scores, the person's copy with them in the run's private folder (`ReportFiles.private`)."""
     out = out_dir or run_dir
-    out.mkdir(parents=True, exist_ok=True)
     night = read_night(run_dir, tag, metric, direction)
+    private = private_folder(run_dir) if night.holdout else None
+    public = _write_copy(out, tag, metric, direction, experiments,
+                         replace(night, holdout={}, private_copy=private / "report.md" if private else None))
+    if private is None:
+        return public
+    personal = _write_copy(private, tag, metric, direction, experiments, night)
+    return ReportFiles(public.markdown, public.plot, public.html, personal.markdown)
+
+
+def _write_copy(out: Path, tag: str, metric: str, direction: str, experiments: list[Experiment],
+                night: Night) -> ReportFiles:
+    out.mkdir(parents=True, exist_ok=True)
     png: bytes | None = None
     plot: Path | None = None
     if experiments:
         buffer = io.BytesIO()
-        if render_plot(buffer, tag, metric, direction, experiments, night.noise_floor) is not None:
+        if render_plot(buffer, tag, metric, direction, experiments, night.noise_floor, night.holdout) is not None:
             png = buffer.getvalue()
             plot = out / "progress.png"
             plot.write_bytes(png)

@@ -31,6 +31,7 @@ from typing import Callable
 from server import sandbox
 from server.config import Config, ConfigError
 from server.integrity import Pin, sha256_file
+from server.private import HOLDOUT_PREFIX
 from server.runner import MARK_VAR, ProcessResult, run_process
 from server.summary import parse_summary
 
@@ -40,7 +41,6 @@ INSIDE_EVAL = "/exp/eval"
 INSIDE_MODEL = "/exp/in/checkpoint"
 INSIDE_SNAPSHOT = "/exp/snapshot"
 INSIDE_SCRATCH = "/exp/scratch"
-PRIVATE_PREFIX = "holdout"  # summary keys that only the person sees (never the agent, never the sandbox)
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,7 @@ def _private_split(text: str) -> tuple[str, dict[str, float | str]]:
     kept = []
     for line in text.splitlines(keepends=True):
         key = line.split(":", 1)[0].strip()
-        if key.startswith(PRIVATE_PREFIX):
+        if key.startswith(HOLDOUT_PREFIX):
             value = line.split(":", 1)[1].strip() if ":" in line else ""
             private[key] = as_float(value) if as_float(value) is not None else value  # type: ignore[assignment]
             continue

@@ -22,6 +22,7 @@ from server.gitrepo import GitRepo
 from server.sandbox import probe as sandbox_probe
 from server.integrity import Pin, materialize_pins, pin_files
 from server.jsonl import atomic_write_text
+from server.private import private_folder
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +150,9 @@ def data_digest(path: Path) -> str:
 
 
 def private_dir(run: RunInfo) -> Path:
-    """A folder outside the workspace for what only the person may read (holdout scores, raw evaluation logs).
-
-    `$AUTORESEARCH_PRIVATE_DIR`, else `$XDG_STATE_HOME/autoresearch` or `~/.local/state/autoresearch`, then one
-    subfolder per run (named by a hash of the run folder). Mode 0700; no sandbox binds it, and the agent's
-    permissions deny reading it.
-    """
-    base = os.environ.get("AUTORESEARCH_PRIVATE_DIR") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "autoresearch")
-    folder = Path(base) / hashlib.sha256(str(run.run_dir.resolve()).encode()).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)
-    return folder
+    """The run's folder outside the workspace for what only the person may read (holdout scores, raw evaluation
+    logs): see server/private.py. Mode 0700; no sandbox binds it, and the agent's tools are refused it."""
+    return private_folder(run.run_dir)
 
 
 def frozen_config(config: Config, run: RunInfo) -> Config:

@@ -26,6 +26,7 @@ from server.gitrepo import GitError
 from server.inflight import owner_token
 from server.jsonl import append_record
 from server.ledger import Experiment
+from server.private import HOLDOUT_FILE
 from server.shared import MAX_DESCRIPTION, bounded_tail, iso
 from server.slots import Slot, device_class
 
@@ -255,7 +256,7 @@ class SchedulingMixin:
                                       kept_commit=str(entry["parent"]) if decision == "keep" else None,
                                       sealed=outcome.sealed, noise_floor=noise_floor, device=device, slot=slot.index)
         if outcome.private:
-            append_record(self.private_dir / "holdout.jsonl",
+            append_record(self.private_dir / HOLDOUT_FILE,
                           {"experiment_id": exp_id, "time": iso(time.time()), **outcome.private})
         self._retry_seals()  # the entry goes only once its line is sealed: else recovery reseals it
         self._drop_entry(exp_id)

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,12 +25,13 @@ from typing import Any, TypeVar
 from server.audit import AuditLog, AuditVerdict
 from server.jsonl import read_records
 from server.ledger import LEDGER_FILE, Experiment, Ledger
+from server.private import HOLDOUT_FILE, private_folder, read_holdout
 
 from harness.dashboard.series import Chart, build_chart, experiment_flags, holdout_of
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("ledger", "audit", "supervisor", "inflight", "violations", "limits", "run")
+WATCHED = ("ledger", "audit", "supervisor", "inflight", "violations", "limits", "run", "holdout")
 FILES = {"ledger": LEDGER_FILE, "audit": "audit.jsonl", "supervisor": "supervisor.json", "inflight": "inflight.json",
          "violations": "violations.jsonl", "limits": "limits.json", "run": "run.json"}
 SUPERVISOR_EVENTS_KEPT = 12  # the latest supervisor events shown on the page and in the report
@@ -156,6 +157,8 @@ class RunData:
         self._refusals = 0
 
     def path(self, name: str) -> Path:
+        if name == "holdout":  # the person-only scores live outside the run folder (server/private.py)
+            return private_folder(self.run_dir, create=False) / HOLDOUT_FILE
         return self.run_dir / FILES[name]
 
     def stamps(self) -> dict[str, Stamp]:
@@ -178,10 +181,15 @@ class RunData:
     def _by_id(self) -> dict[int, Experiment]:
         return self._cached("by_id", stamp(self.path("ledger")), lambda: {e.id: e for e in self.experiments()})
 
+    def holdout(self) -> dict[int, float]:
+        """{experiment id: holdout score}, for the person: never part of anything the agent reads."""
+        return self._cached("holdout", stamp(self.path("holdout")),
+                            lambda: read_holdout(self.run_dir, self.meta.metric))
+
     def chart(self) -> Chart:
-        version = (stamp(self.path("ledger")), stamp(self.path("run")))
+        version = (stamp(self.path("ledger")), stamp(self.path("run")), stamp(self.path("holdout")))
         return self._cached("chart", version, lambda: build_chart(self.experiments(), self.meta.direction,
-                                                                  self.noise_floor()))
+                                                                  self.noise_floor(), self.holdout()))
 
     def noise_floor(self) -> float | None:
         """From run.json `noise_floor`, else the last ledger line that carries one: a line of type `noise` (its
@@ -214,14 +222,15 @@ class RunData:
                    and (not needle or needle in e.description.lower() or needle == str(e.id))]
         page = matches[offset:offset + limit]
         return {"total": len(matches), "all": len(experiments), "offset": offset, "limit": limit,
-                "rows": [row(e, chart.best_before.get(e.id)) for e in page]}
+                "rows": [row(e, chart.best_before.get(e.id), self.holdout()) for e in page]}
 
     def detail(self, experiment_id: int) -> dict[str, Any] | None:
         exp = self._by_id().get(experiment_id)
         if exp is None:
             return None
         chart = self.chart()
-        out = row(exp, chart.best_before.get(exp.id))
+        holdout = self.holdout()
+        out = row(exp, chart.best_before.get(exp.id), holdout)
         out.update({
             "hypothesis": exp.hypothesis, "diff": exp.diff, "log_tail": exp.log_tail, "metrics": exp.metrics,
             "failure": exp.failure, "decision_reason": exp.decision_reason, "commit": exp.commit,
@@ -229,7 +238,7 @@ class RunData:
             "finished_at": exp.finished_at, "duration_s": exp.duration_s, "train_s": exp.train_s,
             "eval_s": exp.eval_s, "peak_memory_mb": exp.peak_memory_mb, "log_path": exp.log_path,
             "fingerprint": exp.fingerprint, "caller": exp.caller,
-            "confirmations": [row(e, chart.best_before.get(e.id)) for e in self.experiments()
+            "confirmations": [row(e, chart.best_before.get(e.id), holdout) for e in self.experiments()
                               if getattr(e, "confirms", None) == exp.id],
         })
         return out
@@ -351,9 +360,10 @@ class RunData:
                     "decision_counts": dict(Counter(e.decision or "pending" for e in experiments)),
                     "baseline": chart.baseline, "best": chart.best_value, "best_id": chart.best_id,
                     "flags": dict(Counter(f for e in experiments for f in experiment_flags(e))),
-                    "holdout": last_holdout(experiments), "noise_floor": chart.noise_floor}
+                    "holdout": last_holdout(experiments, self.holdout()), "noise_floor": chart.noise_floor}
 
-        return self._cached("ledger_summary", (stamp(self.path("ledger")), stamp(self.path("run"))), build)
+        version = (stamp(self.path("ledger")), stamp(self.path("run")), stamp(self.path("holdout")))
+        return self._cached("ledger_summary", version, build)
 
     def summary(self) -> dict[str, Any]:
         limits = _read_json(self.path("limits"))
@@ -369,19 +379,19 @@ class RunData:
         }
 
 
-def row(exp: Experiment, best_before: float | None) -> dict[str, Any]:
+def row(exp: Experiment, best_before: float | None, holdout: Mapping[int, float] | None = None) -> dict[str, Any]:
     """One table row: small, because a page of them is sent on every change."""
     delta = exp.metric - best_before if exp.metric is not None and best_before is not None else None
     return {"id": exp.id, "status": exp.status, "metric": exp.metric, "delta": delta,
             "decision": exp.decision or "pending", "description": exp.description, "flags": experiment_flags(exp),
             "baseline": exp.is_baseline, "seed": getattr(exp, "seed", None),
             "confirms": getattr(exp, "confirms", None), "device": getattr(exp, "device", None),
-            "holdout": holdout_of(exp), "finished_at": exp.finished_at, "duration_s": exp.duration_s}
+            "holdout": holdout_of(exp, holdout), "finished_at": exp.finished_at, "duration_s": exp.duration_s}
 
 
-def last_holdout(experiments: list[Experiment]) -> dict[str, Any] | None:
+def last_holdout(experiments: list[Experiment], holdout: Mapping[int, float] | None = None) -> dict[str, Any] | None:
     for exp in reversed(experiments):
-        value = holdout_of(exp)
+        value = holdout_of(exp, holdout)
         if value is not None:
             return {"id": exp.id, "value": value}
     return None

@@ -9,6 +9,7 @@ metric at all and go on a strip of their own, below the metric scale.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,11 @@ PAD = 0.06  # of the band's height, above and below
 LABEL_CHARS = 48
 
 
-def holdout_of(exp: Experiment) -> float | None:
-    """The person-only holdout metric of an experiment, when the run records one."""
+def holdout_of(exp: Experiment, holdout: Mapping[int, float] | None = None) -> float | None:
+    """The person-only holdout score of an experiment: from the run's private scores (server/private.py), else from
+    a `holdout_metric` the ledger line itself carries (a ledger written by another tool)."""
+    if holdout is not None and exp.id in holdout:
+        return holdout[exp.id]
     value = getattr(exp, "holdout_metric", None)
     if value is None and isinstance(exp.metrics, dict):
         value = exp.metrics.get("holdout_metric")
@@ -113,7 +117,8 @@ def _round(value: float | None) -> float | None:
     return None if value is None else float(f"{value:.7g}")
 
 
-def build_chart(experiments: list[Experiment], direction: str, noise_floor: float | None = None) -> Chart:
+def build_chart(experiments: list[Experiment], direction: str, noise_floor: float | None = None,
+                holdout: Mapping[int, float] | None = None) -> Chart:
     ordered = sorted(experiments, key=lambda e: e.id)
     best: float | None = None
     best_id: int | None = None
@@ -136,7 +141,7 @@ def build_chart(experiments: list[Experiment], direction: str, noise_floor: floa
         flag_bits.append((1 if "unverified" in names else 0) | (2 if "unsealed" in names else 0)
                          | (4 if "confirmation" in names else 0))
     values = [e.metric for e in ordered if e.status == "ok" and e.metric is not None]
-    holdouts = [holdout_of(e) for e in ordered]
+    holdouts = [holdout_of(e, holdout) for e in ordered]
     return Chart(
         ids=[e.id for e in ordered], metric=[e.metric for e in ordered],
         status="".join(STATUS_CODES.get(e.status, "?") for e in ordered),
