@@ -9,8 +9,9 @@ that sandbox:
   locked files, `runs/`, `.git`, the configuration (`pyproject.toml`, `autoresearch.toml`), the agent's own settings
   (`.claude/`, `.mcp.json`), `program.md`, the code (`server/`, `harness/`) and `.venv` are mounted read-only, whether
   or not they exist now. Outside the workspace only the sandbox's own temporary directory (`$TMPDIR`) is writable;
-- the run's secrets (the audit key directory: `$AUTORESEARCH_KEY_DIR`, default `~/.config/autoresearch/keys`) cannot
-  be read or written;
+- the run's secrets cannot be read or written: the audit key directory (`$AUTORESEARCH_KEY_DIR`, default
+  `~/.config/autoresearch/keys`) and the person's private folder with the holdout scores (`$AUTORESEARCH_PRIVATE_DIR`,
+  default `~/.local/state/autoresearch`, see server/private.py);
 - there is no network: no domain is allowed, and hosts outside the (empty) allow-list are refused, not prompted for;
 - `dangerouslyDisableSandbox` is ignored (`allowUnsandboxedCommands: false`) and a sandbox that cannot start stops the
   session (`failIfUnavailable: true`) instead of running the command unsandboxed.
@@ -41,6 +42,7 @@ from typing import Any
 
 from server.config import Config
 from server.jsonl import atomic_write_text
+from server.private import private_base
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,8 @@ def default_key_dir(environ: Mapping[str, str] | None = None) -> Path:
     configured = env.get(KEY_DIR_ENV)
     if configured:
         return Path(configured).expanduser()
-    home = env.get("HOME") or str(Path.home())
-    return Path(home) / ".config" / "autoresearch" / "keys"
+    config_home = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or str(Path.home()), ".config")
+    return Path(config_home) / "autoresearch" / "keys"  # where server.audit.key_dir looks
 
 
 def check_sandbox(*, which: Callable[[str], str | None] = shutil.which,
@@ -128,7 +130,7 @@ def sandbox_settings(config: Config, run_dir: Path, *, key_dir: Path) -> dict[st
     deny_write = _siblings_to_deny(ws, config.mutable)
     deny_write.update(ws / name for name in ALWAYS_PROTECTED)
     deny_write.update(ws / rel for rel in config.locked)
-    deny_write.update({config.runs_dir, config.source, run_dir, key_dir})
+    deny_write.update({config.runs_dir, config.source, run_dir, key_dir, private_base()})
     paths = sorted({os.path.normpath(p) for p in deny_write} - mutable)
     return {
         "enabled": True,
@@ -137,7 +139,8 @@ def sandbox_settings(config: Config, run_dir: Path, *, key_dir: Path) -> dict[st
         "allowUnsandboxedCommands": False,
         "allowNestedUserNamespaces": False,
         "enableWeakerNestedSandbox": False,
-        "filesystem": {"denyWrite": paths, "denyRead": [os.path.normpath(key_dir)]},
+        "filesystem": {"denyWrite": paths,
+                       "denyRead": sorted({os.path.normpath(key_dir), os.path.normpath(private_base())})},
         "network": {"allowedDomains": [], "strictAllowlist": True},
     }
 

@@ -1,7 +1,8 @@
 """Claude Code hooks: `python -m harness.hooks pre-tool-use|post-tool-use|stop|session-start`, JSON on stdin.
 
-- pre-tool-use refuses edits to anything but the mutable files (after resolving symlinks and `..`) and shell
-  commands (unless a user turned them on, and then `bash_policy` reads each one), and records every refusal. A call
+- pre-tool-use refuses edits to anything but the mutable files (after resolving symlinks and `..`), reads of the
+  person's private folder and the audit keys (`read_policy`), and shell commands (unless a user turned them on, and
+  then `bash_policy` reads each one), and records every refusal. A call
   to a tool outside `KNOWN_TOOLS` is recorded too (status `unknown_tool`): a new tool of a newer CLI is seen before
   it is trusted. Claude Code's own permission rules and the harness's tool allow-list decide whether it runs.
 - post-tool-use records every tool call in the audit chain and tells the agent about violations it has not seen.
@@ -27,11 +28,13 @@ from typing import Any, Callable
 
 from server.config import Config, load_config
 
+from harness.read_policy import READ_TOOLS, read_refusal
+
 log = logging.getLogger(__name__)
 
 EDIT_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path", "NotebookEdit": "notebook_path"}
 # Tools the loop uses or Claude Code offers harmlessly; anything else reaching the hook is recorded as unknown.
-KNOWN_TOOLS = frozenset({*EDIT_TOOLS, "Bash", "Read", "Glob", "Grep", "LS", "TodoWrite", "TodoRead", "BashOutput",
+KNOWN_TOOLS = frozenset({*EDIT_TOOLS, *READ_TOOLS, "Bash", "TodoWrite", "TodoRead", "BashOutput",
                          "KillShell", "KillBash", "ExitPlanMode"})
 KNOWN_TOOL_PREFIXES = ("mcp__autoresearch__",)
 ALLOW_BASH_ENV = "AUTORESEARCH_ALLOW_BASH"
@@ -150,8 +153,10 @@ def pre_tool_use(ctx: HookContext) -> dict[str, Any] | None:
         reason = edit_refusal(ctx.config, ctx.workspace, ctx.payload, tool)
     elif tool == "Bash":
         reason = bash_refusal(ctx.config, ctx.workspace, tool_input)
+    elif tool in READ_TOOLS:
+        reason = read_refusal(tool, tool_input, str(ctx.payload.get("cwd") or ctx.workspace))
     elif is_known_tool(tool):
-        return None  # read-only tools and the autoresearch tools
+        return None  # the autoresearch tools and the harmless ones
     else:
         try:
             ctx.audit("tool_call", status="unknown_tool", tool=tool or "?", args=bounded_args(tool, tool_input),

@@ -23,6 +23,7 @@ import pytest
 
 from harness.claude_launcher import ClaudeLaunchSpec, SessionLaunch, build_argv, build_env
 from harness.claude_sandbox import check_sandbox
+from server.audit import AuditLog
 from server.jsonl import read_records
 from tests.e2e.claude_workspace import (
     Brain,
@@ -41,6 +42,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TAG = "night"
 RUN_LIMIT = 120.0  # a scenario takes 20-40 s here; the bound only keeps a broken harness from hanging the suite
 SECRET = "audit-key-0f9e8d7c6b5a"
+HOLDOUT_SECRET = "holdout_bpb: 1.234567-planted"
 DENIED = ("Read-only file system", "Permission denied", "Operation not permitted", "Device or resource busy")
 
 needs_sandbox = pytest.mark.skipif(not check_sandbox().available,
@@ -145,7 +147,11 @@ def bench(tmp_path: Path, claude_bin: Path) -> Iterator[dict[str, object]]:
     for folder in (home, keys):
         folder.mkdir()
     (keys / "audit.key").write_text(SECRET + "\n", encoding="utf-8")
-    state: dict[str, object] = {"ws": ws, "home": home, "keys": keys, "claude_bin": claude_bin, "logs": tmp_path,
+    private = home / ".local" / "state" / "autoresearch" / "planted"  # the person's private folder (HOME is isolated)
+    private.mkdir(parents=True)
+    (private / "holdout.jsonl").write_text(json.dumps({"experiment_id": 1, "secret": HOLDOUT_SECRET}) + "\n")
+    state: dict[str, object] = {"ws": ws, "home": home, "keys": keys, "private": private, "claude_bin": claude_bin,
+                                "logs": tmp_path,
                                 "harnesses": [], "fakes": []}
     yield state
     kill_everything_of(ws, state["harnesses"])  # type: ignore[arg-type]
@@ -186,6 +192,15 @@ def test_obfuscated_shell_commands_fail_in_the_sandbox_and_the_loop_goes_on(benc
         "configuration": bash(disguised(CONFIGURATION)),
         "dangerouslyDisableSandbox": bash(disguised_shell(LOCKED_FILE), dangerouslyDisableSandbox=True),
         "secrets": bash(disguised_shell(f"cat {bench['keys']}/audit.key; ls {bench['keys']}")),
+        "private folder": bash(disguised_shell(f"cat {bench['private']}/holdout.jsonl; ls {bench['private']}")),
+    }
+    planted = f"{bench['private']}/holdout.jsonl"
+    reads = {  # Claude Code's own read tools, refused by the pre-tool-use hook
+        "Read of the holdout": tool_use("Read", {"file_path": planted}),
+        "Read of the key by ..": tool_use("Read", {"file_path": f"{ws}/../keys/audit.key"}),
+        "Grep from the home folder": tool_use("Grep", {"pattern": "planted", "path": str(bench["home"]),
+                                                       "output_mode": "content"}),
+        "Glob from the home folder": tool_use("Glob", {"pattern": f"{bench['home']}/**/holdout.jsonl"}),
     }
     # (train.py is put back as it was: the run's first experiment must measure the unmodified baseline.)
     sanity = bash(disguised_shell('cp train.py "$TMPDIR/keep" && echo "# the shell was here" >> train.py && '
@@ -193,7 +208,8 @@ def test_obfuscated_shell_commands_fail_in_the_sandbox_and_the_loop_goes_on(benc
                                   "python3 -c 'print(6*7)'"))
     brain = Brain(ws)
     fake = FakeAnthropic(brain).start()
-    brain.queue.extend([*seen_through.values(), *attacks.values(), sanity, bash(disguised(network(fake.url)))])
+    brain.queue.extend([*seen_through.values(), *attacks.values(), *reads.values(), sanity,
+                        bash(disguised(network(fake.url)))])
     harness = start(bench, fake, "--max-experiments", "1", "--allow-bash")
 
     assert harness.wait_exit(RUN_LIMIT) == 0, harness.describe()
@@ -212,6 +228,16 @@ def test_obfuscated_shell_commands_fail_in_the_sandbox_and_the_loop_goes_on(benc
         outcome = by_name[name]
         assert "WROTE" not in outcome.text, f"{name} wrote: {outcome.text}"
         assert SECRET not in outcome.text, f"{name} read the audit key: {outcome.text}"
+        assert HOLDOUT_SECRET not in outcome.text, f"{name} read the private folder: {outcome.text}"
+    read_outcomes = [o for o in brain.outcomes if o.name in ("Read", "Grep", "Glob")]
+    assert len(read_outcomes) == len(reads), [(o.name, o.text[:200]) for o in read_outcomes]
+    for name, outcome in zip(reads, read_outcomes):
+        assert SECRET not in outcome.text and HOLDOUT_SECRET not in outcome.text, f"{name} read: {outcome.text}"
+        assert "which holds what only the person may read" in outcome.text, f"{name}: {outcome.text}"
+    blocked = [r for r in AuditLog(harness.run_dir / "audit.jsonl").records()
+               if r.event == "tool_call" and r.status == "blocked" and r.tool in ("Read", "Grep", "Glob")]
+    assert len(blocked) == len(reads), "every refused read is in the audit chain"
+    assert str(bench["home"] / ".local" / "state" / "autoresearch") in settings["sandbox"]["filesystem"]["denyRead"]
     for name in ("locked file", "git", "runs/ by computed paths", "configuration", "dangerouslyDisableSandbox"):
         assert any(word in by_name[name].text for word in DENIED), f"{name}: {by_name[name].text}"
     assert "DENIED Read-only file system" in by_name["locked file by a computed path"].text

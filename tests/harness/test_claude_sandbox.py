@@ -14,6 +14,7 @@ from harness import run_agent
 from harness.claude_sandbox import SandboxCheck, check_sandbox, default_key_dir, sandbox_settings, write_settings
 from harness.cli import main
 from server.config import load_config
+from server.private import private_base
 from server.runstate import init_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +35,8 @@ def test_everything_in_the_workspace_but_the_mutable_files_is_write_protected_an
     for name in ("pyproject.toml", ".mcp.json", ".claude", "sitecustomize.py", "server", ".venv"):
         assert not (workspace / name).exists() and str(workspace / name) in denied, name
     assert str(workspace / "train.py") not in denied
-    assert str(keys) in denied and block["filesystem"]["denyRead"] == [str(keys)]
+    assert str(keys) in denied and str(private_base()) in denied
+    assert block["filesystem"]["denyRead"] == sorted([str(keys), str(private_base())]), "keys and holdout unreadable"
     assert block["enabled"] and block["failIfUnavailable"] and block["allowUnsandboxedCommands"] is False
     assert block["network"] == {"allowedDomains": [], "strictAllowlist": True}
 
@@ -71,6 +73,7 @@ def test_the_settings_file_keeps_the_project_hooks_and_permissions_and_adds_the_
 def test_the_key_directory_comes_from_the_environment_or_the_home_config() -> None:
     assert default_key_dir({"AUTORESEARCH_KEY_DIR": "/secrets/k", "HOME": "/h"}) == Path("/secrets/k")
     assert default_key_dir({"HOME": "/h"}) == Path("/h/.config/autoresearch/keys")
+    assert default_key_dir({"HOME": "/h", "XDG_CONFIG_HOME": "/x"}) == Path("/x/autoresearch/keys"), "as the server"
 
 
 def test_missing_bwrap_or_socat_is_named_with_how_to_install_them() -> None:

@@ -121,6 +121,41 @@ def test_read_only_and_autoresearch_tools_are_left_alone(workspace: Path, run: R
             == (0, None, "")
 
 
+def test_reads_of_the_private_folder_and_the_audit_keys_are_refused_whatever_the_tool_or_spelling(
+        workspace: Path, run: RunInfo) -> None:
+    from server.audit import key_dir
+    from server.private import private_base, private_folder
+
+    private = private_folder(run.run_dir)
+    (private / "holdout.jsonl").write_text('{"experiment_id": 1, "holdout_bpb": 1.5}\n')
+    (workspace / "peek").symlink_to(private)
+    relative = os.path.relpath(private / "holdout.jsonl", workspace)
+    attempts = {
+        "Read": {"file_path": str(private / "holdout.jsonl")},
+        "Read ": {"file_path": relative},  # ../../ from the workspace
+        "Read  ": {"file_path": "peek/holdout.jsonl"},  # a symlink in the workspace
+        "NotebookRead": {"notebook_path": str(key_dir() / "any.ipynb")},
+        "LS": {"path": str(key_dir())},
+        "Grep": {"pattern": "holdout", "path": str(private_base().parent)},  # a search that would descend into it
+        "Glob": {"pattern": f"{private_base().parent}/**/holdout.jsonl"},
+        "Glob ": {"pattern": "*/holdout.jsonl", "path": str(private_base())},
+    }
+    for tool, tool_input in attempts.items():
+        code, out, _ = hook("pre-tool-use", {"tool_name": tool.strip(), "tool_input": tool_input}, workspace)
+        reason = denial(out)
+        assert code == 0 and reason is not None, f"{tool} {tool_input} was let through"
+        assert "only the person may read" in reason and "read_results" in reason
+    blocked = [r for r in AuditLog(run.run_dir / "audit.jsonl").records() if r.status == "blocked"]
+    assert [r.tool for r in blocked] == [t.strip() for t in attempts]
+
+
+def test_reads_and_searches_inside_the_workspace_are_left_alone(workspace: Path, run: RunInfo) -> None:
+    for tool, tool_input in {"Read": {"file_path": "train.py"}, "Grep": {"pattern": "LR"},
+                             "Glob": {"pattern": "**/*.py"}, "LS": {"path": "."},
+                             "Read ": {"file_path": str(run.run_dir / "experiments.jsonl")}}.items():
+        assert hook("pre-tool-use", {"tool_name": tool.strip(), "tool_input": tool_input}, workspace) == (0, None, "")
+
+
 def test_post_tool_use_records_each_call_in_the_chain_without_file_contents(workspace: Path, run: RunInfo) -> None:
     payload = {"hook_event_name": "PostToolUse", "tool_name": "Write", "duration_ms": 12,
                "tool_input": {"file_path": "train.py", "content": "x" * 100_000},
