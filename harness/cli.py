@@ -95,20 +95,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CliError("--dashboard needs --http: the page is served beside /mcp on the same port")
         from harness.dashboard.app import build_dashboard_app, page_url
 
-        data = _dashboard_data(args)
+        # The page shares /mcp's token here, and an agent that holds it could read the page: no holdout on it.
+        data = _dashboard_data(args, show_holdout=False)
         mount = lambda policy: build_dashboard_app(data, policy)  # noqa: E731
         print(f"autoresearch dashboard at {page_url(args.host, args.port, None)} (read-only; beyond loopback add "
-              "#token=<the bearer token> to the address)", file=sys.stderr, flush=True)
+              "#token=<the bearer token> to the address; without the holdout, which `autoresearch dashboard` "
+              "shows on a port and token of its own)", file=sys.stderr, flush=True)
     return main_serve(args.workspace.resolve(), args.tag, args.config, args.profile, http=args.http, host=args.host,
                       port=args.port, token=args.token, verbose=args.verbose, mount=mount)
 
 
-def _dashboard_data(args: argparse.Namespace) -> "RunData":
+def _dashboard_data(args: argparse.Namespace, show_holdout: bool = True) -> "RunData":
     from harness.dashboard.data import RunData, RunMeta
 
     config = _load(args)
     run = load_run(config, args.tag)
-    return RunData(RunMeta(run.tag, config.metric, config.direction, run.run_dir))
+    return RunData(RunMeta(run.tag, config.metric, config.direction, run.run_dir), show_holdout=show_holdout)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -133,8 +133,9 @@ class Slot:
 class RunData:
     """The views of one run directory, each cached on the stamp of the file it reads. Thread-safe."""
 
-    def __init__(self, meta: RunMeta, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, meta: RunMeta, clock: Callable[[], float] = time.time, *, show_holdout: bool = True) -> None:
         self.meta = meta
+        self.show_holdout = show_holdout  # off where the page shares its token with the agent's tools
         self.run_dir = meta.run_dir
         self.ledger = Ledger(meta.run_dir, metric_name=meta.metric)
         self.audit = AuditLog(meta.run_dir / FILES["audit"])
@@ -183,6 +184,8 @@ class RunData:
 
     def holdout(self) -> dict[int, float]:
         """{experiment id: holdout score}, for the person: never part of anything the agent reads."""
+        if not self.show_holdout:
+            return {}
         return self._cached("holdout", stamp(self.path("holdout")),
                             lambda: read_holdout(self.run_dir, self.meta.metric))
 

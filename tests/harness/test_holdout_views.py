@@ -83,6 +83,10 @@ async def test_the_person_sees_the_holdout_in_results_review_the_dashboard_and_a
     assert (review.holdout_baseline, review.holdout) == (1.36, 1.64)
     summary = RunData(RunMeta("t1", config.metric, config.direction, run.run_dir)).summary()
     assert summary["holdout"] == {"id": 2, "value": 1.64}
+    # `serve --http --dashboard` shares the page's token with the agent's tools: that page shows no holdout
+    shared = RunData(RunMeta("t1", config.metric, config.direction, run.run_dir), show_holdout=False)
+    assert shared.summary()["holdout"] is None and shared.chart().holdout is None
+    assert [r["holdout"] for r in shared.rows()["rows"]] == [None, None]
 
     assert main(["report", "--workspace", str(ws)]) == 0
     printed = capsys.readouterr().out
