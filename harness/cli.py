@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -12,61 +11,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from server import history
-from server.audit import AuditError, AuditLog, filter_records, format_record
-from server.config import Config, ConfigError, load_config
+from server.audit import AuditLog
+from server.config import Config
 from server.engine import Engine
-from server.gitrepo import GitError
-from server.integrity import IntegrityError
-from server.jsonl import CorruptFileError
-from server.models import ExperimentRow
-from server.private import read_holdout
-from server.runstate import RunError, RunInfo, default_tag, init_run, load_run, set_current
-from server.text import for_terminal
+from server.runstate import RunInfo, default_tag, init_run, load_run, set_current
 
-from harness.run_agent import HarnessError
+from harness.cli_common import USER_ERRORS, CliError, common_flags, fmt, load
+from harness.cli_views import cmd_audit, cmd_report, cmd_results, cmd_status, status_lines
 
 if TYPE_CHECKING:
     from harness.dashboard.data import RunData
 
 log = logging.getLogger("autoresearch")
-
-
-class CliError(RuntimeError):
-    """A problem the user can fix; printed without a traceback, exit code 2."""
-
-
-# ---- shared plumbing ----
-
-# Problems a person can fix from the message alone: printed without a traceback, exit code 2.
-USER_ERRORS = (CliError, ConfigError, RunError, HarnessError, GitError, IntegrityError, AuditError, CorruptFileError)
-
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.workspace.resolve(), args.config, args.profile)
-
-
-def _open(args: argparse.Namespace) -> tuple[Config, RunInfo, Engine]:
-    config = _load(args)
-    run = load_run(config, getattr(args, "tag", None))
-    return config, run, Engine(config, run)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6f}"
-
-
-def _common(parser: argparse.ArgumentParser, tag: bool = True, inner: bool = False) -> None:
-    """The flags every command takes. `inner`: a sub-subcommand, whose defaults must not hide its parent's values."""
-    def default(value: object) -> object:
-        return argparse.SUPPRESS if inner else value
-
-    parser.add_argument("--workspace", type=Path, default=default(Path(os.environ.get("AUTORESEARCH_WORKSPACE", "."))),
-                        help="repository root (default: current directory)")
-    parser.add_argument("--config", type=Path, default=default(None),
-                        help="configuration file (default: pyproject.toml)")
-    parser.add_argument("--profile", default=default(None), help="configuration profile (default: auto: cuda, mps or cpu)")
-    if tag:
-        parser.add_argument("--tag", default=default(None), help="run tag (default: the most recent run)")
 
 
 # ---- commands ----
@@ -76,7 +32,7 @@ UNSEALED_HELP = ("create the run even where experiments cannot be sealed (no bub
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Create branch autoresearch/<tag>, pin the locked files and create runs/<tag>/."""
-    config = _load(args)
+    config = load(args)
     info = init_run(config, args.tag or default_tag(), allow_unsealed=args.allow_unsealed)
     pins = ", ".join(f"{p.path} {p.sha256[:12]}" for p in info.pins)
     print(f"run {info.tag}: branch {info.branch} at {info.base_commit[:7]}; pinned {pins}")
@@ -108,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _dashboard_data(args: argparse.Namespace, show_holdout: bool = True) -> "RunData":
     from harness.dashboard.data import RunData, RunMeta
 
-    config = _load(args)
+    config = load(args)
     run = load_run(config, args.tag)
     return RunData(RunMeta(run.tag, config.metric, config.direction, run.run_dir), show_holdout=show_holdout)
 
@@ -120,137 +76,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return serve_dashboard(_dashboard_data(args), host=args.host, port=args.port, token=args.token)
 
 
-def status_lines(config: Config, run: RunInfo, engine: Engine) -> list[str]:
-    view = engine.read_results(last_n=5)
-    c = view.counts
-    lines = [f"run {run.tag} on {run.branch}  ({config.metric}, {config.direction})"]
-    best = f"{view.best.metric:.6f} (experiment {view.best.id})" if view.best else "-"
-    base = f"{view.baseline.metric:.6f}" if view.baseline else "-"
-    lines.append(f"baseline {base}   best {best}   noise floor "
-                 + (f"{view.noise_floor:.6f} (keep rule: beat the best's mean by max(min_improvement "
-                    f"{config.min_improvement:g}, {config.noise_k:g} x floor), {config.confirm_runs} confirmation "
-                    "re-run(s))" if view.noise_floor is not None else f"- (noise_runs = {config.noise_runs})"))
-    lines.append(f"experiments {c['total']}: ok {c['ok']}, crash {c['crash']}, timeout {c['timeout']}, invalid "
-                 f"{c['invalid']}; kept {c['kept']}, discarded {c['discarded']}, pending {c['pending']}")
-    lines.append(f"slots {view.slots}" + (f" ({config.slots.executor})" if config.slots.executor != "local" else ""))
-    for row in view.in_flight:
-        where = f"slot {row.slot} ({row.device})" if row.slot is not None else "queued"
-        left = f", hard limit in {row.remaining_s:.0f} s" if row.remaining_s is not None else ""
-        lines.append(f"in flight: experiment {row.id} '{row.description}' {where}{left}")
-    if not view.in_flight:
-        lines.append("in flight: none")
-    lines.append(f"violations {view.violations}")
-    supervisor = run.run_dir / "supervisor.json"
-    if supervisor.exists():
-        try:
-            data = json.loads(supervisor.read_text(encoding="utf-8"))
-            age = time.time() - float(data.get("updated_at", 0))
-            stale = f" (stale: last update {age:.0f} s ago; is the harness running?)" if age > 30 else ""
-            lines.append(f"supervisor {data.get('state')} session {str(data.get('session_id') or '-')[:8]} uptime "
-                         f"{float(data.get('uptime_s', 0)):.0f} s restarts {data.get('restarts', 0)} cost "
-                         f"${float(data.get('cost_usd', 0)):.2f}{stale}")
-        except (OSError, ValueError):
-            pass
-    return lines
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Best result, counts, the experiment in flight and its remaining budget."""
-    config, run, engine = _open(args)
-    if args.json:
-        print(json.dumps(engine.read_results(last_n=5).model_dump(mode="json"), indent=2))
-        return 0
-    print("\n".join(status_lines(config, run, engine)))
-    return 0
-
-
-def cmd_results(args: argparse.Namespace) -> int:
-    """The experiments of a run, one line each (the ledger, not the agent's view)."""
-    config, run, engine = _open(args)
-    rows = [ExperimentRow(id=a.experiment.id, status=a.experiment.status, metric=a.experiment.metric, delta=a.delta,
-                          decision=a.decision, description=a.experiment.description,  # type: ignore[arg-type]
-                          verified=a.experiment.verified) for a in history.annotate(engine.ledger.experiments())]
-    total = len(rows)
-    if not args.all:
-        rows = rows[-args.last:]
-    holdout = read_holdout(run.run_dir, config.metric) if args.holdout else {}
-    if args.json:
-        view = engine.read_results(last_n=1).model_copy(update={"experiments": rows})
-        document = view.model_dump(mode="json")
-        if args.holdout:  # the person's view: the agent's read_results never carries it
-            document["holdout"] = {str(k): v for k, v in sorted(holdout.items())}
-        print(json.dumps(document, indent=2))
-        return 0
-    column = f" {'holdout':>10}" if args.holdout else ""
-    print(f"{'id':>4}  {'status':8} {for_terminal(config.metric):>10}{column} {'delta':>10}  {'decision':8}  "
-          "description")
-    for row in rows:
-        delta = "-" if row.delta is None else f"{row.delta:+.6f}"
-        # compatibility mode: the script printed its own metric; a failed run has no metric to doubt
-        mark = " [unverified]" if row.status == "ok" and not row.verified else ""
-        held = f" {_fmt(holdout.get(row.id)):>10}" if args.holdout else ""
-        print(f"{row.id:>4}  {row.status:8} {_fmt(row.metric):>10}{held} {delta:>10}  {row.decision:8}  "
-              f"{for_terminal(row.description)}{mark}")
-    if args.holdout and not holdout:
-        print("(no holdout scores recorded for this run: its evaluation scores no holdout split)", file=sys.stderr)
-    if len(rows) < total:
-        print(f"(the last {len(rows)} of {total} experiments; --all lists every one)", file=sys.stderr)
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """Write progress.png, report.md and a self-contained report.html for a run."""
-    from harness.report import write_report
-
-    config, run, engine = _open(args)
-    files = write_report(run.run_dir, run.tag, config.metric, config.direction, engine.ledger.experiments(),
-                         args.out)
-    written = [files.markdown, files.html] + ([files.plot] if files.plot else [])
-    print("wrote " + ", ".join(str(p) for p in written if p is not None))
-    if files.private is not None:
-        print(f"your copy, with the holdout scores the agent never sees: {files.private}")
-    return 0
-
-
-def _parse_time(value: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise CliError(f"cannot read time {value!r}: use ISO-8601 such as 2026-11-23T08:00 or 2026-11-23T08:00Z")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    """Verify the audit chain, or show its records filtered."""
-    config = _load(args)
-    run = load_run(config, args.tag)
-    audit = AuditLog(run.run_dir / "audit.jsonl")
-    if args.audit_command == "verify":
-        from server.gitrepo import GitRepo
-        from server.runcheck import verify_run
-
-        verdict = verify_run(run, GitRepo(config.workspace), audit)
-        print(verdict.message)
-        return 0 if verdict.ok else 1
-    records = filter_records(audit.records(), tool=args.tool, status=args.status, actor=args.actor, event=args.event,
-                             session=args.session, since=_parse_time(args.since) if args.since else None,
-                             until=_parse_time(args.until) if args.until else None)
-    if args.last:
-        records = records[-args.last:]
-    try:
-        for record in records:
-            print(json.dumps(record.to_json(), ensure_ascii=False) if args.json else format_record(record))
-        sys.stdout.flush()
-    except BrokenPipeError:  # `audit show --json | head`: the reader has all it wanted
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
-        os.close(devnull)
-    return 0
-
-
 def cmd_stop(args: argparse.Namespace) -> int:
     """Ask a running loop to stop after the experiment in flight (the agent is told at its next stop attempt)."""
-    config = _load(args)
+    config = load(args)
     run = load_run(config, args.tag)
     flag = run.run_dir / "stop"
     if args.cancel:
@@ -265,7 +93,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run an agent on the loop: random or tpe (offline), claude (Claude Code, headless) or api (built-in)."""
-    config = _load(args)
+    config = load(args)
     if args.agent == "claude" and args.allow_bash:
         from harness.run_agent import require_shell_sandbox
 
@@ -303,7 +131,7 @@ def _run_random(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
 
     def show(step: Step) -> None:
         print(f"[{time.monotonic() - started:6.0f} s] experiment {step.experiment_id}: {step.status:7} "
-              f"{_fmt(step.metric)}  {step.decision:8}  {step.description}", flush=True)
+              f"{fmt(step.metric)}  {step.decision:8}  {step.description}", flush=True)
 
     options = RandomAgentOptions(workspace=config.workspace, tag=run.tag, max_experiments=args.max_experiments,
                                  seed=args.seed, mutable_file=config.mutable[0],
@@ -325,7 +153,7 @@ def _run_tpe(config: Config, run: RunInfo, args: argparse.Namespace) -> int:
 
     def show(step: Step) -> None:
         print(f"[{time.monotonic() - started:6.0f} s] experiment {step.experiment_id}: {step.status:7} "
-              f"{_fmt(step.metric)}  {step.decision:8}  {step.description}", flush=True)
+              f"{fmt(step.metric)}  {step.decision:8}  {step.description}", flush=True)
 
     options = AgentOptions(workspace=config.workspace, tag=run.tag, max_experiments=args.max_experiments,
                            seed=args.seed, mutable_file=config.mutable[0],
@@ -350,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Prepare data, start a fresh run, let the random agent do a few experiments on the CPU, write the report."""
     import subprocess
 
-    config = _load(args)
+    config = load(args)
     if "prepare.py" in config.locked:
         subprocess.run([sys.executable, "prepare.py"], cwd=config.workspace, check=True)
     tag = args.tag or f"demo-{datetime.now().strftime('%m%d-%H%M%S')}"
@@ -369,7 +197,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     """What a person approves: diff base..best, each kept change with its gain, holdout, audit, violations, cost."""
     from harness.review import build_review, render_review, render_step
 
-    config = _load(args)
+    config = load(args)
     run = load_run(config, args.tag)
     review = build_review(config, run)
     if not args.step:
@@ -394,7 +222,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from harness.review import promote_run
     from server.promotion import PromotionError
 
-    config = _load(args)
+    config = load(args)
     run = load_run(config, args.tag)
     try:
         result = promote_run(config, run, only=args.only, onto=args.onto)
@@ -413,7 +241,7 @@ def cmd_reject(args: argparse.Namespace) -> int:
     from harness.review import reject_run
     from server.promotion import PromotionError
 
-    config = _load(args)
+    config = load(args)
     run = load_run(config, args.tag)
     try:
         record = reject_run(run, args.reason, args.only)
@@ -442,7 +270,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.usd_per_hour is not None and args.usd_per_hour < 0:
         raise CliError(f"--usd-per-hour must be zero or more, got {args.usd_per_hour}")
-    config = _load(args)
+    config = load(args)
     try:
         comparison = compare_runs(config, args.tags, mark=args.mark, force=args.force)
     except NotComparable as exc:
@@ -468,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, handler: Callable[[argparse.Namespace], int], tag: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=(handler.__doc__ or "").strip().splitlines()[0],
                            description=(handler.__doc__ or "").strip())
-        _common(p, tag)
+        common_flags(p, tag)
         p.set_defaults(handler=handler)
         return p
 
@@ -501,9 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="verify|show")
     verify = audit_sub.add_parser("verify", help="check the hash chain; names the first altered, removed or reordered "
                                                  "record (exit 1 when it is broken)")
-    _common(verify, inner=True)
+    common_flags(verify, inner=True)
     show = audit_sub.add_parser("show", help="print audit records, filtered")
-    _common(show, inner=True)
+    common_flags(show, inner=True)
     show.add_argument("--tool", help="tool name or glob, e.g. 'run_*' or 'Edit'")
     show.add_argument("--status", help="ok, error, refused, blocked, cancelled, ...")
     show.add_argument("--actor", help="server, hook, supervisor, guard, ...")

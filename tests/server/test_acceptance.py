@@ -21,7 +21,7 @@ import pytest
 from mcp import Client
 
 from helpers import FAKE_TARGET, REPO_ROOT, make_engine, make_workspace, set_constant
-from harness.cli import status_lines
+from harness.cli_views import status_lines
 from harness.report import read_night, render_markdown
 from server.inflight import read_entries
 from server.app import build_server
