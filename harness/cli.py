@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from server.audit import AuditLog
 from server.config import Config
 from server.engine import Engine
-from server.runstate import RunInfo, default_tag, init_run, load_run, set_current
+from server.runstate import RunError, RunInfo, default_tag, init_run, load_run, set_current
 
 from harness.cli_common import USER_ERRORS, CliError, common_flags, fmt, load
 from harness.cli_views import cmd_audit, cmd_report, cmd_results, cmd_status, status_lines
