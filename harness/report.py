@@ -259,13 +259,20 @@ def render_plot(path: Path | io.BytesIO, tag: str, metric: str, direction: str, 
             ax.fill_between(xs + [xs[-1] + 0.5], [y - chart.noise_floor for y in ys + [ys[-1]]],
                             [y + chart.noise_floor for y in ys + [ys[-1]]], step="post", color=COLORS["best"],
                             alpha=0.12, lw=0, label=f"noise floor (±{chart.noise_floor:.4g})", zorder=1)
-    if chart.holdout:
+    top = ax
+    if chart.holdout:  # another split, another level: its own scale on the right, so neither squashes the other
         pts = [(i, v) for i, v in zip(chart.ids, chart.holdout) if v is not None]
-        ax.plot([p[0] for p in pts], [min(max(p[1], lo), hi) for p in pts], ls="--", marker=".", c=COLORS["hold"],
-                lw=1.2, label="holdout", zorder=2)
+        top = ax.twinx()
+        top.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", marker=".", c=COLORS["hold"], lw=1.2,
+                 label="holdout (right scale)", zorder=2)
+        values = [p[1] for p in pts]
+        spread = (max(values) - min(values)) or abs(values[0]) * 0.01 or 0.01
+        top.set_ylim(min(values) - spread * 0.4, max(values) + spread * 0.4)
+        top.set_ylabel("holdout", color=COLORS["hold"])
+        top.tick_params(axis="y", colors=COLORS["hold"], labelsize=8)
     ax.set_ylim(lo, hi)
     ax.set_xlim(chart.ids[0] - 0.5, chart.ids[-1] + 0.5)
-    fig.subplots_adjust(left=0.09, right=0.98, top=0.93, bottom=0.1)
+    fig.subplots_adjust(left=0.09, right=0.92 if top is not ax else 0.98, top=0.93, bottom=0.1)
     _label_kept(ax, chart, lo, hi)
     ax.set_ylabel(f"{metric} ({'lower' if direction == 'minimize' else 'higher'} is better)")
     kept = sum(1 for k, e in zip(chart.decision, chart.ids) if k == "k")
@@ -281,8 +288,9 @@ def render_plot(path: Path | io.BytesIO, tag: str, metric: str, direction: str, 
     strip.set_xlim(chart.ids[0] - 0.5, chart.ids[-1] + 0.5)
     handles, labels = ax.get_legend_handles_labels()
     h2, l2 = strip.get_legend_handles_labels()
-    ax.legend(handles + h2, labels + l2, loc="lower left" if direction == "minimize" else "upper left", fontsize=8,
-              ncol=2, framealpha=0.9)
+    h3, l3 = top.get_legend_handles_labels() if top is not ax else ([], [])
+    top.legend(handles + h2 + h3, labels + l2 + l3, loc="lower left" if direction == "minimize" else "upper left",
+               fontsize=8, ncol=2, framealpha=0.9)
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
