@@ -363,7 +363,8 @@ class RunData:
                     "decision_counts": dict(Counter(e.decision or "pending" for e in experiments)),
                     "baseline": chart.baseline, "best": chart.best_value, "best_id": chart.best_id,
                     "flags": dict(Counter(f for e in experiments for f in experiment_flags(e))),
-                    "holdout": last_holdout(experiments, self.holdout()), "noise_floor": chart.noise_floor}
+                    "holdout": best_holdout(experiments, self.holdout(), chart.best_id),
+                    "noise_floor": chart.noise_floor}
 
         version = (stamp(self.path("ledger")), stamp(self.path("run")), stamp(self.path("holdout")))
         return self._cached("ledger_summary", version, build)
@@ -390,6 +391,14 @@ def row(exp: Experiment, best_before: float | None, holdout: Mapping[int, float]
             "baseline": exp.is_baseline, "seed": getattr(exp, "seed", None),
             "confirms": getattr(exp, "confirms", None), "device": getattr(exp, "device", None),
             "holdout": holdout_of(exp, holdout), "finished_at": exp.finished_at, "duration_s": exp.duration_s}
+
+
+def best_holdout(experiments: list[Experiment], holdout: Mapping[int, float] | None,
+                 best_id: int | None) -> dict[str, Any] | None:
+    """The holdout of the best kept result (what the person would promote), else the latest one recorded."""
+    best = next((e for e in experiments if e.id == best_id), None)
+    value = holdout_of(best, holdout) if best is not None else None
+    return {"id": best_id, "value": value} if value is not None else last_holdout(experiments, holdout)
 
 
 def last_holdout(experiments: list[Experiment], holdout: Mapping[int, float] | None = None) -> dict[str, Any] | None:

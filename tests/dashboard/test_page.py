@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from playwright.sync_api import expect
 from run_builder import BuiltRun, experiment, write_supervisor
 
 from server.jsonl import atomic_write_text
+from server.private import private_folder
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +103,7 @@ def test_text_written_by_the_agent_is_shown_as_text_never_run_as_markup(page: An
 
 def test_fields_a_later_run_may_carry_are_shown_when_present(page: Any, tmp_path: Path) -> None:
     """Seeds, confirmation runs, unsealed results, devices, a holdout and a noise floor appear when the run has
-    them (written here as extra keys on the ledger lines and run.json)."""
+    them (written here as extra keys on the ledger lines and run.json, and the holdout in the private folder)."""
     from run_builder import every_status_run
 
     built = every_status_run(tmp_path / "runs" / "demo")
@@ -110,8 +112,10 @@ def test_fields_a_later_run_may_carry_are_shown_when_present(page: Any, tmp_path
     built.run_dir.joinpath("experiments.jsonl").write_text("\n".join(lines) + "\n")
     from harness.dashboard import data as data_module
 
-    extra = {7: {"seed": 1, "sealed": False, "device": "cuda:0", "holdout_metric": 1.0851},
-             2: {"seed": 0, "holdout_metric": 1.0902}}
+    extra = {7: {"seed": 1, "sealed": False, "device": "cuda:0"}, 2: {"seed": 0}}
+    held = private_folder(built.run_dir) / "holdout.jsonl"
+    held.write_text("".join(json.dumps({"experiment_id": i, "holdout_score": v}) + "\n"
+                            for i, v in ((2, 1.0902), (7, 1.0851))))
     original = data_module.Ledger.experiments
 
     def with_extras(self: Any) -> list[Any]:
@@ -131,7 +135,8 @@ def test_fields_a_later_run_may_carry_are_shown_when_present(page: Any, tmp_path
             assert "unsealed" in row and "seed 1" in row and "cuda:0" in row
             assert "holdout 1.085100" in page.locator("#headline").inner_text()
             assert "noise floor" in page.locator("#chart-key").inner_text()
-            assert "holdout" in page.locator("#chart-key").inner_text()
+            assert "holdout (right scale)" in page.locator("#chart-key").inner_text()
+            assert page.locator("#chart .u-axis").count() == 3, "the holdout has an axis of its own"
     finally:
         data_module.Ledger.experiments = original  # type: ignore[method-assign]
 

@@ -225,18 +225,26 @@
       { label: "discarded", stroke: COLORS.disc, paths: () => null, points: { show: true, size: 6, width: 1, stroke: COLORS.disc, fill: "#cfd3da" }, value: (u, v) => fmt(v) },
       { label: "pending", stroke: COLORS.pend, paths: () => null, points: { show: true, size: 8, width: 2, stroke: COLORS.pend, fill: "#fff" }, value: (u, v) => fmt(v) }];
     const data = [c.ids, best, s.kept, s.disc, s.pend];
+    let holdRange = null;  // another split, another level: a scale of its own (right), over the metric's band
     if (c.holdout) {
-      series.push({ label: "holdout", stroke: COLORS.hold, width: 1.5, dash: [5, 4], spanGaps: true, points: { show: true, size: 4 }, value: (u, v) => fmt(v) });
-      data.push(c.holdout.map((v) => (v === null ? null : Math.min(hi, Math.max(stripLo, v)))));
+      const hv = c.holdout.filter((v) => v !== null);
+      const pad = ((Math.max(...hv) - Math.min(...hv)) || Math.abs(hv[0]) * 0.01 || 0.01) * 0.4;
+      const top = Math.max(...hv) + pad, bottom = Math.min(...hv) - pad;
+      holdRange = [bottom - ((top - bottom) * STRIP) / (1 - STRIP), top];
+      series.push({ label: "holdout", scale: "hold", stroke: COLORS.hold, width: 1.5, dash: [5, 4], spanGaps: true, points: { show: true, size: 4 }, value: (u, v) => fmt(v) });
+      data.push(c.holdout);
     }
     const labels = Object.entries(c.labels).map(([id, text]) => [Number(id), text]);
     const idx = new Map(c.ids.map((id, i) => [id, i]));
     const opts = {
       width: Math.max(300, box.clientWidth), height: 380,
-      scales: { x: { time: false, range: (u, a, b) => (a <= c.ids[0] && b >= c.ids[c.ids.length - 1] ? [c.ids[0] - 0.5, c.ids[c.ids.length - 1] + 0.5] : [a, b]) }, y: { range: () => [stripLo, hi] } },
+      scales: { x: { time: false, range: (u, a, b) => (a <= c.ids[0] && b >= c.ids[c.ids.length - 1] ? [c.ids[0] - 0.5, c.ids[c.ids.length - 1] + 0.5] : [a, b]) }, y: { range: () => [stripLo, hi] },
+                ...(holdRange ? { hold: { range: () => holdRange } } : {}) },
       axes: [{ label: "experiment", size: 40, values: (u, vals) => vals.map((v) => (Number.isInteger(v) ? v : "")) },
              { label: state.summary ? state.summary.metric : "metric", size: 70,
-               values: (u, vals) => vals.map((v) => (v < lo - 1e-12 ? "" : v.toPrecision(5))) }],
+               values: (u, vals) => vals.map((v) => (v < lo - 1e-12 ? "" : v.toPrecision(5))) },
+             ...(holdRange ? [{ scale: "hold", side: 1, label: "holdout", size: 64, stroke: COLORS.hold, grid: { show: false },
+                                values: (u, vals) => vals.map((v) => (v < holdRange[0] + (holdRange[1] - holdRange[0]) * STRIP ? "" : v.toPrecision(5))) }] : [])],
       cursor: { points: { size: 8 } },
       legend: { show: false },
       series,
@@ -277,7 +285,7 @@
     if (s.off.length) item("k-off", "off the chart");
     if (s.flagged.length) item("k-flag", "unverified / unsealed");
     if (c.noise_floor) item("k-noise", "noise floor");
-    if (c.holdout) item("k-hold", "holdout");
+    if (c.holdout) item("k-hold", "holdout (right scale)");
   }
 
   function drawBands(u, c, lo, hi, stripLo) {
