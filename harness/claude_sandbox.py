@@ -35,7 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,6 @@ from server.private import private_base
 
 log = logging.getLogger(__name__)
 
-KEY_DIR_ENV = "AUTORESEARCH_KEY_DIR"
 REQUIRED_TOOLS = ("bwrap", "socat")
 # Names that must stay read-only even before they exist: a configuration or settings file created by the agent would
 # govern the next start; sitecustomize/usercustomize would run in every Python started in the workspace.
@@ -62,15 +61,6 @@ class SandboxCheck:
 
     available: bool
     reason: str | None = None
-
-
-def default_key_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    configured = env.get(KEY_DIR_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    config_home = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or str(Path.home()), ".config")
-    return Path(config_home) / "autoresearch" / "keys"  # where server.audit.key_dir looks
 
 
 def check_sandbox(*, which: Callable[[str], str | None] = shutil.which,

@@ -21,7 +21,7 @@ from server.audit import AuditLog, AuditRecord, AuditVerdict
 from server.config import Config
 from server.jsonl import append_record, read_records
 from server.ledger import Experiment, Ledger, utc_now_iso
-from server.promotion import Change, PromotionError, PromotionResult, ledger_value, promote, promoted_ids, run_changes
+from server.promotion import Change, PromotionError, PromotionResult, promote, promoted_ids, run_changes
 from server.private import read_holdout
 from server.runstate import RunInfo
 
@@ -69,6 +69,7 @@ def build_review(config: Config, run: RunInfo) -> Review:
     changes = tuple(run_changes(config.workspace, run, experiments))
     best = history.best_kept(experiments)
     baseline = history.baseline(experiments)
+    holdout = read_holdout(run.run_dir, config.metric)
     end = changes[-1].commit if changes and not changes[-1].proposed else (
         best.kept_commit if best and best.kept_commit else run.base_commit)
     diff = _git_diff(config.workspace, run.base_commit, str(end)) if not (changes and changes[0].proposed) else ""
@@ -80,8 +81,8 @@ def build_review(config: Config, run: RunInfo) -> Review:
         tag=run.tag, metric=config.metric, direction=config.direction, autonomy=config.autonomy,
         base_commit=run.base_commit, base_branch=run.base_branch, baseline=baseline, best=best, changes=changes,
         cumulative_diff=diff,
-        holdout=_holdout(run.run_dir, config.metric, best.id) if best else None,
-        holdout_baseline=_holdout(run.run_dir, config.metric, baseline.id) if baseline else None,
+        holdout=holdout.get(best.id) if best else None,
+        holdout_baseline=holdout.get(baseline.id) if baseline else None,
         verdict=verdict, violations=len(read_records(run.run_dir / "violations.jsonl")),
         cost_usd=_cost(run.run_dir, records), counts=history.counts(experiments),
         promoted=promoted_ids(records, run.tag),
@@ -224,11 +225,3 @@ def reject_run(run: RunInfo, reason: str, only: str | None = None) -> dict[str, 
     append_record(run.run_dir / REJECTIONS_FILE, record)
     AuditLog(run.run_dir / "audit.jsonl").append("cli", "reject", status="ok", summary={"tag": run.tag, **record})
     return record
-
-
-def _holdout(run_dir: Path, metric: str, experiment_id: int) -> float | None:
-    """The person-only holdout score (server/private.py), else one the ledger line carries (another tool's ledger)."""
-    scores = read_holdout(run_dir, metric)
-    if experiment_id in scores:
-        return scores[experiment_id]
-    return ledger_value(run_dir, experiment_id, "holdout_metric")

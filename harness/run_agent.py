@@ -22,12 +22,12 @@ from datetime import datetime
 from pathlib import Path
 
 from harness.agent_events import AgentEvent
-from harness.claude_sandbox import SandboxCheck, check_sandbox, default_key_dir, sandbox_settings, write_settings
+from harness.claude_sandbox import SandboxCheck, check_sandbox, sandbox_settings, write_settings
 from harness.loop_state import RunLoopView, read_loop_state
 from harness.procs import LineAgentProcess, spawn_group
 from harness.supervisor import Launch, Limits, Policy, State, Supervisor, SupervisorEvent
 from server.inflight import threads_running
-from server.audit import AuditLog
+from server.audit import AuditLog, key_dir
 from server.config import Config
 from server.engine import Engine
 from server.jsonl import atomic_write_text
@@ -158,7 +158,7 @@ def shell_sandbox(config: Config, run: RunInfo, args: Namespace, audit: AuditLog
         audit.append("supervisor", "unsandboxed_shell", status="warning",
                      summary={"reason": str(check.reason)[:300], "flag": "--allow-unsandboxed-bash"})
         return None
-    return sandbox_settings(config, run.run_dir, key_dir=default_key_dir())
+    return sandbox_settings(config, run.run_dir, key_dir=key_dir())
 
 
 class ClaudeSpawner:

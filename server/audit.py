@@ -121,13 +121,14 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def key_dir() -> Path:
+def key_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where run keys live: `$AUTORESEARCH_KEY_DIR`, else `$XDG_CONFIG_HOME/autoresearch/keys`, else
     `~/.config/autoresearch/keys`. Outside every workspace, so nothing the sandbox can see."""
-    explicit = os.environ.get(KEY_DIR_ENV)
+    env = os.environ if environ is None else environ
+    explicit = env.get(KEY_DIR_ENV)
     if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        return Path(explicit).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or str(Path.home()), ".config")
     return Path(base) / "autoresearch" / "keys"
 
 

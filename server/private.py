@@ -17,13 +17,11 @@ sandbox), and no experiment sandbox binds it.
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import math
 import os
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from server.jsonl import read_records
 
 PRIVATE_DIR_ENV = "AUTORESEARCH_PRIVATE_DIR"
 HOLDOUT_FILE = "holdout.jsonl"
@@ -60,24 +58,13 @@ def holdout_key(record: dict[str, object], metric: str) -> str | None:
 
 
 def read_holdout(run_dir: Path, metric: str) -> dict[int, float]:
-    """{experiment id: holdout score} of a run; empty when it has none. A line that is not a record (a write cut
-    short by a crash) is skipped and logged, never fatal: these numbers inform the person, they decide nothing."""
-    path = private_folder(run_dir, create=False) / HOLDOUT_FILE
+    """{experiment id: holdout score} of a run; empty when it has none. Read like every JSONL file of a run: a torn
+    last line (a crash mid-write) is skipped, a damaged earlier one raises CorruptFileError naming it."""
     scores: dict[int, float] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return scores
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            exp_id = record["experiment_id"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            log.warning("%s line %d is not a holdout record; skipped", path, number)
-            continue
-        key = holdout_key(record, metric) if isinstance(record, dict) else None
+    for record in read_records(private_folder(run_dir, create=False) / HOLDOUT_FILE):
+        exp_id, key = record.get("experiment_id"), holdout_key(record, metric)
         if isinstance(exp_id, int) and key is not None:
-            scores[exp_id] = float(record[key])
+            scores[exp_id] = float(record[key])  # type: ignore[arg-type]
     return scores
 
 

@@ -83,7 +83,7 @@ def changed_lines(diff: str) -> int:
 def ledger_value(run_dir: Path, experiment_id: int, key: str) -> float | None:
     """A number the ledger holds for one experiment under ``key`` on any of its lines, or in its metrics.
 
-    Read from the raw lines so keys added to the ledger later (a noise floor, a holdout score) show up here without a
+    Read from the raw lines so keys added to the ledger later (a noise floor) show up here without a
     change to the `Experiment` record."""
     found: float | None = None
     for rec in read_records(run_dir / "experiments.jsonl"):

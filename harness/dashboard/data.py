@@ -5,7 +5,7 @@ second costs a few `stat` calls while nothing happens. The ledger is read throug
 log's chain through `AuditLog.verify()`; the audit records themselves, and the `noise` lines a ledger may hold, are
 followed from the last byte read, so a long night is parsed once, not once per second.
 
-Fields a run may not have yet (per experiment `seed`, `confirms`, `sealed`, `device`, `holdout_metric`; the run's
+Fields a run may not have yet (per experiment `seed`, `confirms`, `sealed`, `device`, a holdout score; the run's
 `noise_floor`; several in-flight slots) are shown when present and ignored when absent.
 """
 
@@ -224,8 +224,9 @@ class RunData:
                    and (not decision or (e.decision or "pending") == decision)
                    and (not needle or needle in e.description.lower() or needle == str(e.id))]
         page = matches[offset:offset + limit]
+        holdout = self.holdout()
         return {"total": len(matches), "all": len(experiments), "offset": offset, "limit": limit,
-                "rows": [row(e, chart.best_before.get(e.id), self.holdout()) for e in page]}
+                "rows": [row(e, chart.best_before.get(e.id), holdout) for e in page]}
 
     def detail(self, experiment_id: int) -> dict[str, Any] | None:
         exp = self._by_id().get(experiment_id)

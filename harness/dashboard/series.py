@@ -24,14 +24,8 @@ LABEL_CHARS = 48
 
 
 def holdout_of(exp: Experiment, holdout: Mapping[int, float] | None = None) -> float | None:
-    """The person-only holdout score of an experiment: from the run's private scores (server/private.py), else from
-    a `holdout_metric` the ledger line itself carries (a ledger written by another tool)."""
-    if holdout is not None and exp.id in holdout:
-        return holdout[exp.id]
-    value = getattr(exp, "holdout_metric", None)
-    if value is None and isinstance(exp.metrics, dict):
-        value = exp.metrics.get("holdout_metric")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """The person-only holdout score of an experiment, from the run's private scores (server/private.py)."""
+    return None if holdout is None else holdout.get(exp.id)
 
 
 def experiment_flags(exp: Experiment) -> list[str]:

@@ -11,8 +11,9 @@ import pytest
 
 from helpers import git
 from harness import run_agent
-from harness.claude_sandbox import SandboxCheck, check_sandbox, default_key_dir, sandbox_settings, write_settings
+from harness.claude_sandbox import SandboxCheck, check_sandbox, sandbox_settings, write_settings
 from harness.cli import main
+from server.audit import key_dir
 from server.config import load_config
 from server.private import private_base
 from server.runstate import init_run
@@ -71,9 +72,10 @@ def test_the_settings_file_keeps_the_project_hooks_and_permissions_and_adds_the_
 
 
 def test_the_key_directory_comes_from_the_environment_or_the_home_config() -> None:
-    assert default_key_dir({"AUTORESEARCH_KEY_DIR": "/secrets/k", "HOME": "/h"}) == Path("/secrets/k")
-    assert default_key_dir({"HOME": "/h"}) == Path("/h/.config/autoresearch/keys")
-    assert default_key_dir({"HOME": "/h", "XDG_CONFIG_HOME": "/x"}) == Path("/x/autoresearch/keys"), "as the server"
+    assert key_dir({"AUTORESEARCH_KEY_DIR": "/secrets/k", "HOME": "/h"}) == Path("/secrets/k")
+    assert key_dir({"AUTORESEARCH_KEY_DIR": "~/k", "HOME": "/h"}) == Path.home() / "k"
+    assert key_dir({"HOME": "/h"}) == Path("/h/.config/autoresearch/keys")
+    assert key_dir({"HOME": "/h", "XDG_CONFIG_HOME": "/x"}) == Path("/x/autoresearch/keys")
 
 
 def test_missing_bwrap_or_socat_is_named_with_how_to_install_them() -> None:

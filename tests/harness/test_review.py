@@ -17,6 +17,7 @@ from server.app import build_server
 from server.audit import AuditLog
 from server.config import ConfigError, load_config
 from server.engine import Engine
+from server.private import private_folder
 from server.runstate import init_run, load_run
 
 from helpers import git, set_constant
@@ -205,15 +206,15 @@ def test_review_shows_the_diff_the_gains_the_audit_violations_cost_and_the_ledge
     assert "cost: $1.25" in out
     assert "-LR = 0.1" in out and "+WIDTH = 16" in out and "LR = 0.5" not in out  # base..best, discards left out
 
-    # A ledger that carries a noise floor and a holdout score (person-only) shows both.
+    # A ledger that carries a noise floor, and holdout scores in the private folder (person-only), show both.
     ledger = engine.ledger.path
     lines = [json.loads(line) for line in ledger.read_text(encoding="utf-8").splitlines()]
     for line in lines:
         if line.get("type") == "experiment":
             line["noise_floor"] = 0.01
-            if line["id"] in (1, 4):
-                line["holdout_metric"] = 1.2 if line["id"] == 1 else 1.1
     ledger.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    (private_folder(engine.run_dir) / "holdout.jsonl").write_text(
+        "".join(json.dumps({"experiment_id": i, "holdout_score": v}) + "\n" for i, v in ((1, 1.2), (4, 1.1))))
     text = render_review(build_review(engine.config, engine.run))
     assert "gain -0.064000 confidence 6.4x noise floor" in text
     assert "holdout score (never shown to the agent): 1.100000 (baseline 1.200000)" in text
