@@ -7,6 +7,7 @@ helps validation hurts the holdout: the overfitting the report must flag.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,10 @@ async def test_the_person_sees_the_holdout_in_results_review_the_dashboard_and_a
     assert str(personal) in public and "WARNING" not in public
 
     for value in (BASELINE_HOLDOUT, KEPT_HOLDOUT, "1.36", "1.64"):
-        assert value not in tool_text and value not in ledger
-        leaked = [p for p, data in workspace_bytes(ws).items() if value.encode() in data]
+        # as a number of its own: "1.64" inside a timestamp such as 07:31:01.643Z is not the score
+        number = re.compile(rb"(?<![\d.])" + re.escape(value.encode()) + rb"(?!\d)")
+        assert not number.search(tool_text.encode()) and not number.search(ledger.encode())
+        leaked = [p for p, data in workspace_bytes(ws).items() if number.search(data)]
         assert leaked == [], f"holdout value {value} is readable in the workspace: {leaked}"
 
 
